@@ -1,0 +1,1 @@
+//! Shared helpers for zerohop's criterion benchmarks.

@@ -1,0 +1,7 @@
+//! # dataplane: what zerohop applications link
+//!
+//! Re-exports the layers below so one dependency suffices.
+#![cfg_attr(not(test), warn(missing_docs))]
+
+pub use pmd;
+pub use rings;

@@ -1,0 +1,3 @@
+//! The `zerohop` command-line tool.
+
+fn main() {}

@@ -18,6 +18,7 @@
 //! [`RingError`]s that mark the queue broken.
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod chain;
 pub mod error;
 pub mod header;
 pub mod mem;
@@ -28,6 +29,7 @@ pub mod split;
 pub mod spsc;
 pub mod sync;
 
+pub use chain::{BufDesc, ChainInfo};
 pub use error::{MemError, RingError};
 pub use mem::{Mem, Region};
 

@@ -17,10 +17,17 @@ pub struct HeapWindow {
 impl HeapWindow {
     /// A zeroed window of `size` bytes rounded up to the page size.
     pub fn new(size: usize) -> Result<HeapWindow, WindowError> {
-        let len = round_size(size, page_size())?;
-        Ok(HeapWindow {
-            region: Region::heap(len),
-        })
+        let page = page_size();
+        let len = round_size(size, page)?;
+        // Region::heap aligns to 128 bytes; over-allocate one page and take the
+        // page-aligned part, so the heap window is aligned like a mapping.
+        let whole = Region::heap(len + page);
+        let off = (page - whole.addr() % page) % page;
+        let region = whole.sub(off, len).map_err(|_| WindowError::InvalidSize {
+            size: size as u64,
+            why: "too large",
+        })?;
+        Ok(HeapWindow { region })
     }
 
     /// A second window over the same memory (the heap analogue of mapping a file

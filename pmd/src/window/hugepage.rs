@@ -17,7 +17,7 @@
 //! `/dev/shm/NAME`) and prints exactly one line on stderr, e.g.
 //!
 //! ```text
-//! zerohop: no free 2 MiB huge pages for 4 MiB (nr_hugepages=0, free_hugepages=0); using 4 KiB pages for window huge:memfd:rx0
+//! zerohop: no free 2 MiB huge pages (nr_hugepages=0, free_hugepages=0, window needs 2); using 4 KiB pages for window huge:memfd:rx0
 //! ```
 //!
 //! [`Window::kind`] and [`Window::describe`] say what the window got. The size is
@@ -88,11 +88,11 @@ impl HugeInfo {
             "not enough free"
         };
         format!(
-            "{what} {} huge pages for {} (nr_hugepages={}, free_hugepages={})",
+            "{what} {} huge pages (nr_hugepages={}, free_hugepages={}, window needs {})",
             human_size(self.page_size as u64),
-            human_size(len as u64),
             self.nr,
-            self.free
+            self.free,
+            (len as u64).div_ceil(self.page_size.max(1) as u64)
         )
     }
 }
@@ -549,7 +549,7 @@ mod tests {
         assert!(!info.fits(2 << 20));
         assert_eq!(
             info.why_not(2 << 20),
-            "no free 2 MiB huge pages for 2 MiB (nr_hugepages=0, free_hugepages=0)"
+            "no free 2 MiB huge pages (nr_hugepages=0, free_hugepages=0, window needs 1)"
         );
         let info = HugeInfo {
             page_size: 2 << 20,
@@ -560,7 +560,7 @@ mod tests {
         assert!(!info.fits((4 << 20) + 1));
         assert_eq!(
             info.why_not(6 << 20),
-            "not enough free 2 MiB huge pages for 6 MiB (nr_hugepages=4, free_hugepages=2)"
+            "not enough free 2 MiB huge pages (nr_hugepages=4, free_hugepages=2, window needs 3)"
         );
     }
 }

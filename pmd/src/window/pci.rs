@@ -456,8 +456,13 @@ impl PciBarWindow {
     pub fn open(spec: &PciSpec, opts: &PciOptions) -> Result<PciBarWindow, PciError> {
         let (dir, addr) = find_device(&opts.sysfs_root, &spec.device)?;
         let bar = read_bar(&dir, &addr, spec.bar)?;
+        // A requested size is rounded up to whole pages (the mapping granularity),
+        // but never past the end of the BAR.
         let want = match opts.size {
-            Some(n) => n as u64,
+            Some(n) => (n as u64)
+                .checked_next_multiple_of(super::page_size() as u64)
+                .unwrap_or(u64::MAX)
+                .min(bar.size.max(n as u64)),
             None => bar.size,
         };
         if want > bar.size || want == 0 {
@@ -487,16 +492,7 @@ impl PciBarWindow {
             .open(&path)
         {
             Ok(f) => f,
-            Err(e) => {
-                return Err(match e.raw_os_error() {
-                    Some(libc::ENOENT) if spec.write_combining => PciError::WcMissing {
-                        path,
-                        prefetchable: bar.flags & IORESOURCE_PREFETCH != 0,
-                    },
-                    Some(libc::EACCES) | Some(libc::EPERM) => PciError::PermissionDenied { path },
-                    _ => PciError::Open { path, source: e },
-                })
-            }
+            Err(e) => return Err(open_failed(e, path, spec.write_combining, bar.flags)),
         };
         check_len(&file, &path, want)?;
         let region = map_file(&file, len, &path).map_err(|e| match e {
@@ -553,6 +549,18 @@ impl PciBarWindow {
     }
 }
 
+/// Maps a failed open of a resource file to the error that says what to do.
+fn open_failed(e: std::io::Error, path: PathBuf, wc: bool, flags: u64) -> PciError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) if wc => PciError::WcMissing {
+            path,
+            prefetchable: flags & IORESOURCE_PREFETCH != 0,
+        },
+        Some(libc::EACCES) | Some(libc::EPERM) => PciError::PermissionDenied { path },
+        _ => PciError::Open { path, source: e },
+    }
+}
+
 /// A sysfs resource file reports the BAR size as its size; a plain file standing in
 /// for one must be at least as long as the mapping (else accesses would fault).
 fn check_len(file: &File, path: &Path, need: u64) -> Result<(), PciError> {
@@ -600,6 +608,25 @@ impl Window for PciBarWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_errors_say_what_to_do() {
+        let err = |errno, wc, flags| {
+            open_failed(
+                std::io::Error::from_raw_os_error(errno),
+                PathBuf::from("/sys/x/resource2_wc"),
+                wc,
+                flags,
+            )
+        };
+        let e = err(libc::EACCES, true, 0);
+        assert!(matches!(e, PciError::PermissionDenied { .. }));
+        assert!(e.to_string().contains("root"), "{e}");
+        let e = err(libc::ENOENT, true, IORESOURCE_MEM);
+        assert!(e.to_string().contains("(this one is not)"), "{e}");
+        assert!(e.to_string().contains(",uc"), "{e}");
+        assert!(matches!(err(libc::ENOENT, false, 0), PciError::Open { .. }));
+    }
 
     #[test]
     fn spec_parsing() {

@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dataplane::pmd::window::{
-    self, open_header, HeapWindow, OpenOptions, ShmWindow, Window, WindowError,
-};
+#[cfg(test)]
+use dataplane::pmd::window::HeapWindow;
+use dataplane::pmd::window::{self, open_header, OpenOptions, ShmWindow, Window};
 use dataplane::rings::header::{Area, AreaKind, Expect, HeaderParams, HEADER_SIZE};
 use dataplane::rings::packed::{PackedDevice, PackedDriver, PackedLayout};
 use dataplane::rings::posted::{PostedLayout, PostedRx, PostedTx, RxMsg};
@@ -245,21 +245,22 @@ impl Link {
     }
 
     /// Attaches to a window made by [`Link::create`].
-    pub fn open(path: &Path, _p: &DemoParams) -> Result<Link, WindowError> {
-        let w = ShmWindow::open(path, &OpenOptions::new())?;
-        let info = open_header(&w, &Expect::default())?;
+    pub fn open(path: &Path, _p: &DemoParams) -> Result<Link, String> {
+        let w = ShmWindow::open(path, &OpenOptions::new()).map_err(|e| e.to_string())?;
+        let info = open_header(&w, &Expect::default()).map_err(|e| e.to_string())?;
         let areas = info.areas();
-        let sub = |i: usize| -> Result<Region, WindowError> {
-            let a = areas.get(i).ok_or_else(|| WindowError::Layout {
-                path: path.display().to_string(),
-                why: format!("area {i} missing"),
-            })?;
+        if areas.len() != 3 {
+            return Err(format!(
+                "{}: expected 3 areas in the window header, found {}",
+                path.display(),
+                areas.len()
+            ));
+        }
+        let sub = |i: usize| -> Result<Region, String> {
+            let a = areas[i];
             w.region()
                 .sub(a.offset as usize, a.size as usize)
-                .map_err(|e| WindowError::Layout {
-                    path: path.display().to_string(),
-                    why: e.to_string(),
-                })
+                .map_err(|e| format!("{}: area {i}: {e}", path.display()))
         };
         let (ring, ring2, data) = (sub(0)?, sub(1)?, sub(2)?);
         Ok(Link {

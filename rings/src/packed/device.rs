@@ -6,8 +6,8 @@
 //! walk is bounded, and a violation marks the queue broken with a typed error.
 
 use super::layout::{
-    used_bits, EventSuppress, PackedDesc, PackedLayout, DESC_F_AVAIL, DESC_F_INDIRECT,
-    DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE, FLAGS_OFF, ID_OFF, LEN_OFF,
+    used_bits, EventSuppress, PackedDesc, PackedLayout, DESC_F_AVAIL, DESC_F_INDIRECT, DESC_F_NEXT,
+    DESC_F_USED, DESC_F_WRITE, FLAGS_OFF, ID_OFF, LEN_OFF,
 };
 use super::{advance, need_event, EventMode};
 use crate::chain::{BufDesc, ChainInfo};
@@ -185,7 +185,9 @@ impl<M: Mem, D: Mem> PackedDevice<M, D> {
         // Acquire (A1): pairs with the Release of the burst's first head flags in
         // PackedDriver::publish (P1); makes this chain, the rest of the burst,
         // indirect tables and payload visible.
-        let head_flags = self.ring.load_u16(head_off + FLAGS_OFF, Ordering::Acquire)?;
+        let head_flags = self
+            .ring
+            .load_u16(head_off + FLAGS_OFF, Ordering::Acquire)?;
         if !Self::is_avail(head_flags, self.avail_wrap) {
             let a = head_flags & DESC_F_AVAIL != 0;
             let u = head_flags & DESC_F_USED != 0;
@@ -276,7 +278,7 @@ impl<M: Mem, D: Mem> PackedDevice<M, D> {
     /// Reads an indirect table (2.8.7) from the data area into `walk`.
     fn walk_indirect(&self, d: &PackedDesc, walk: &mut Walk<'_>) -> Result<(), RingError> {
         const DESC: u32 = size_of::<PackedDesc>() as u32;
-        if d.len == 0 || d.len % DESC != 0 || d.addr % 8 != 0 {
+        if d.len == 0 || d.len & (DESC - 1) != 0 || d.addr & 7 != 0 {
             return Err(RingError::BadIndirect { len: d.len });
         }
         let end = d.addr.checked_add(d.len as u64);
@@ -344,7 +346,8 @@ impl<M: Mem, D: Mem> PackedDevice<M, D> {
         } else {
             // Relaxed: a later used descriptor of the burst; the driver reads it only
             // after acquiring the burst's first (P2/A2), 2.8.9.
-            self.ring.store_u16(off + FLAGS_OFF, flags, Ordering::Relaxed)?;
+            self.ring
+                .store_u16(off + FLAGS_OFF, flags, Ordering::Relaxed)?;
         }
         (self.next_used, self.used_wrap) =
             advance(self.next_used, self.used_wrap, slots, self.size);

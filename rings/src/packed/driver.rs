@@ -174,7 +174,9 @@ impl<M: Mem, D: Mem> PackedDriver<M, D> {
         if bufs.len() > self.size as usize {
             // 2.8.17: "A driver MUST NOT create a descriptor list longer than the
             // Queue Size."
-            return Err(RingError::InvalidRequest("chain longer than the queue size"));
+            return Err(RingError::InvalidRequest(
+                "chain longer than the queue size",
+            ));
         }
         let mut writable = 0u64;
         let mut seen_writable = false;
@@ -188,7 +190,9 @@ impl<M: Mem, D: Mem> PackedDriver<M, D> {
                 writable += b.len as u64;
             } else if seen_writable {
                 // 2.8.17: writable elements after all readable ones.
-                return Err(RingError::InvalidRequest("readable buffer after a writable one"));
+                return Err(RingError::InvalidRequest(
+                    "readable buffer after a writable one",
+                ));
             }
         }
         Ok(writable)
@@ -251,8 +255,11 @@ impl<M: Mem, D: Mem> PackedDriver<M, D> {
             // Relaxed: a later head of the burst; the device polls it only after
             // acquiring the burst's first head (P1), whose Release follows this store
             // (2.8.21: "writing the first flags last").
-            self.ring
-                .store_u16(self.layout.desc(head) + FLAGS_OFF, head_flags, Ordering::Relaxed)?;
+            self.ring.store_u16(
+                self.layout.desc(head) + FLAGS_OFF,
+                head_flags,
+                Ordering::Relaxed,
+            )?;
         }
         self.next_avail = pos;
         self.avail_wrap = wrap;
@@ -311,7 +318,7 @@ impl<M: Mem, D: Mem> PackedDriver<M, D> {
         let writable = self.check_bufs(bufs)?;
         let table_len = bufs.len() as u64 * size_of::<PackedDesc>() as u64;
         let end = table_addr.checked_add(table_len);
-        if !matches!(end, Some(e) if e <= self.data_len) || table_addr % 8 != 0 {
+        if !matches!(end, Some(e) if e <= self.data_len) || table_addr & 7 != 0 {
             return Err(RingError::InvalidRequest(
                 "indirect table outside the data area or misaligned",
             ));
@@ -332,7 +339,9 @@ impl<M: Mem, D: Mem> PackedDriver<M, D> {
                 .write_obj(table_addr as usize + i * size_of::<PackedDesc>(), &e)?;
         }
         // In-bounds: table_len <= 16 * N <= 512 KiB.
-        self.write_chain(1, writable, |_| (table_addr, table_len as u32, DESC_F_INDIRECT))
+        self.write_chain(1, writable, |_| {
+            (table_addr, table_len as u32, DESC_F_INDIRECT)
+        })
     }
 
     /// Makes every chain added since the last publish visible to the device: one
@@ -432,7 +441,11 @@ impl<M: Mem, D: Mem> PackedDriver<M, D> {
         let raw_len = self.ring.load_u32(off + LEN_OFF, Ordering::Relaxed)?;
         // 2.8.4: "Element Length is reserved for used descriptors without the
         // VIRTQ_DESC_F_WRITE flag, and is ignored by drivers."
-        let len = if flags & DESC_F_WRITE != 0 { raw_len } else { 0 };
+        let len = if flags & DESC_F_WRITE != 0 {
+            raw_len
+        } else {
+            0
+        };
         let rec = match self.recs.get(id as usize) {
             Some(r) if r.in_flight => *r,
             _ => return Err(self.fail(RingError::UnexpectedUsedId { id: id as u32 })),

@@ -25,8 +25,8 @@
 //! # }
 //! ```
 
-use super::layout::{avail_bits, EventSuppress, PackedDesc, PackedLayout, FLAGS_OFF};
 use super::advance;
+use super::layout::{avail_bits, EventSuppress, PackedDesc, PackedLayout, FLAGS_OFF};
 use crate::error::MemError;
 use crate::mem::Mem;
 use crate::sync::Ordering;
@@ -150,14 +150,7 @@ impl<M: Mem> PackedMock<M> {
     /// len, then `flags` with Release.
     pub fn write_used(&self, slot: u16, id: u16, len: u32, flags: u16) -> Result<(), MemError> {
         let cur = self.read_desc(slot)?;
-        self.write_desc(
-            slot,
-            PackedDesc {
-                id,
-                len,
-                ..cur
-            },
-        )?;
+        self.write_desc(slot, PackedDesc { id, len, ..cur })?;
         self.set_flags(slot, flags)
     }
 

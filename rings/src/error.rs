@@ -161,6 +161,17 @@ pub enum RingError {
     /// The queue was marked broken by an earlier violation; it must be reset.
     #[error("queue is broken (needs reset)")]
     Broken,
+
+    // ---- packed ----
+    /// Our own request does not fit: the ring has fewer free slots than the chain
+    /// needs (back-pressure, not a violation; retry after used buffers return).
+    #[error("ring full: {need} slots needed, {free} free")]
+    RingFull {
+        /// Slots the request needs.
+        need: u32,
+        /// Slots free now.
+        free: u32,
+    },
 }
 
 impl RingError {
@@ -173,6 +184,7 @@ impl RingError {
                 | RingError::RegionTooSmall { .. }
                 | RingError::InvalidRequest(_)
                 | RingError::Broken
+                | RingError::RingFull { .. }
         )
     }
 }

@@ -157,6 +157,13 @@ const _: () = assert!(core::mem::offset_of!(SlotHeader, buf) == 8);
 const _: () = assert!(core::mem::offset_of!(SlotHeader, flags) == 12);
 const _: () = assert!(core::mem::offset_of!(SlotHeader, meta) == 14);
 
+/// Offset of `len` in a slot.
+const OFF_LEN: usize = core::mem::offset_of!(SlotHeader, len);
+/// Offset of `buf` in a slot.
+const OFF_BUF: usize = core::mem::offset_of!(SlotHeader, buf);
+/// Offset of the 32-bit word holding `flags` (low address) and `meta`.
+const OFF_FLAGS: usize = core::mem::offset_of!(SlotHeader, flags);
+
 /// Size of one credit entry: `(seq << 32) | buffer_index`, written with one store.
 pub const CREDIT_SIZE: u32 = 8;
 const _: () = assert!(core::mem::size_of::<u64>() == CREDIT_SIZE as usize);

@@ -3,7 +3,7 @@
 
 use super::{
     check_size, credit_entry, Bits, PostedLayout, RxKind, RxMsg, SlotHeader, FLAGS_KNOWN,
-    FLAG_INLINE,
+    FLAG_INLINE, OFF_BUF, OFF_FLAGS, OFF_LEN,
 };
 use crate::error::RingError;
 use crate::mem::Mem;
@@ -147,9 +147,22 @@ impl<L: Mem, R: Mem> PostedRx<L, R> {
                 if seq != p.wrapping_add(1) {
                     break;
                 }
-                // One fetch of the header; its `seq` copy is ignored (we use the one
-                // acquired above). Validate the copy, then use only the copy.
-                let h: SlotHeader = s.local.read_obj(off)?;
+                // One fetch of the rest of the header (same access sizes as the
+                // writer's); validate the copy, then use only the copy.
+                // Relaxed (three loads): ordered after the Acquire above (P2).
+                let len = s.local.load_u32(off + OFF_LEN, Ordering::Relaxed)?;
+                let buf = s.local.load_u32(off + OFF_BUF, Ordering::Relaxed)?;
+                let fm = s
+                    .local
+                    .load_u32(off + OFF_FLAGS, Ordering::Relaxed)?
+                    .to_ne_bytes();
+                let h = SlotHeader {
+                    seq,
+                    len,
+                    buf,
+                    flags: u16::from_ne_bytes([fm[0], fm[1]]),
+                    meta: u16::from_ne_bytes([fm[2], fm[3]]),
+                };
                 out[n] = s.validate(slot, off, &h)?;
                 n += 1;
                 s.cursor = p.wrapping_add(1);

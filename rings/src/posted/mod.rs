@@ -118,7 +118,7 @@ pub use tx::PostedTx;
 #[cfg(test)]
 mod tests;
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_tests;
 
 /// Cache line size the layout aligns to.

@@ -576,6 +576,13 @@ fn run_model(l: PostedLayout, ops: Vec<Op>) {
                 };
                 let expect = slot_space && (inline || m.tx_credits > 0);
                 let (payload, meta) = m.next_payload(len);
+                if !inline && l.buffers() == 0 && matches!(op, Op::Send(_)) {
+                    assert!(matches!(
+                        p.tx.send(&payload, meta),
+                        Err(RingError::InvalidRequest(_))
+                    ));
+                    continue;
+                }
                 let ok = match op {
                     Op::SendInline(_) => p.tx.enqueue_inline(&payload, meta).unwrap(),
                     Op::SendZeroCopy(_) => match p.tx.alloc().unwrap() {

@@ -340,12 +340,16 @@ impl<L: Mem, R: Mem> PostedTx<L, R> {
 
     /// Copying send: inline if it fits in a slot, else into a credited buffer.
     /// Returns `false` when out of credits or slots (back-pressure, not an error).
+    /// A payload that can never fit (over `buf_size`, or over the inline capacity on a
+    /// ring without buffers) is an [`RingError::InvalidRequest`].
     pub fn send(&mut self, payload: &[u8], meta: u16) -> Result<bool, RingError> {
         if payload.len() <= self.layout.inline_capacity() as usize {
             return self.enqueue_inline(payload, meta);
         }
-        if payload.len() > self.layout.buf_size() as usize {
-            return Err(RingError::InvalidRequest("payload exceeds the buffer size"));
+        if payload.len() > self.layout.buf_size() as usize || self.layout.buffers() == 0 {
+            return Err(RingError::InvalidRequest(
+                "payload exceeds the buffer size (or the inline capacity of an inline-only ring)",
+            ));
         }
         let Some(buf) = self.alloc()? else {
             return Ok(false);

@@ -4,7 +4,7 @@
 //! plain implementation is [`Region`]: a pointer and a length whose only `unsafe` part
 //! is its constructor ([`Region::from_raw`]); every access after that is range- and
 //! alignment-checked and returns a [`MemError`] instead of touching memory outside the
-//! region. Wrappers (the instrumented and link-model windows in `pmd`, [`loom_mem`]
+//! region. Wrappers (the instrumented and link-model windows in `pmd`, `loom_mem`
 //! under `--cfg loom`) implement the same trait, so ring code is written once and
 //! monomorphised per backend.
 //!

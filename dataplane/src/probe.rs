@@ -183,7 +183,7 @@ pub fn placement_probe(cores: (usize, usize), round_trips: u32) -> ProbeResult {
                 std::thread::yield_now();
             }
             let mut seq = 0u64;
-            let mut round_trip = |seq: &mut u64| -> bool {
+            let round_trip = |seq: &mut u64| -> bool {
                 *seq += 2;
                 // Release: the ping; pairs with the ponger's Acquire load.
                 line.store(*seq - 1, Ordering::Release);

@@ -956,8 +956,10 @@ mod loom_tests {
         b.check(f);
     }
 
-    /// Two producers enqueue bulks of 2 into a 4-slot ring at once; every value comes
-    /// out once, each producer's pair in order.
+    /// Two producers enqueue bulks of 2 into a 4-slot ring at once, and one of them
+    /// then dequeues all 4 before joining the other: every value comes out once, each
+    /// pair in order, and the other producer's values are visible through the tail
+    /// handoff (R3) alone.
     #[test]
     fn loom_pool_mpmc_bulk_enqueue() {
         model(|| {
@@ -965,11 +967,13 @@ mod loom_tests {
             let r2 = r.clone();
             let t = loom::thread::spawn(move || assert!(r2.enqueue_bulk(&[1, 2])));
             assert!(r.enqueue_bulk(&[3, 4]));
-            t.join().unwrap();
             let mut d = [0; 4];
-            assert!(r.dequeue_bulk(&mut d));
+            while !r.dequeue_bulk(&mut d) {
+                loom::thread::yield_now();
+            }
             let pos = |v| d.iter().position(|x| *x == v).unwrap();
             assert!(pos(1) < pos(2) && pos(3) < pos(4));
+            t.join().unwrap();
         });
     }
 

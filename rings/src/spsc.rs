@@ -63,6 +63,8 @@
 use core::cell::{Cell, UnsafeCell};
 use core::marker::PhantomData;
 use core::mem::MaybeUninit;
+use core::ptr::NonNull;
+use std::alloc::Layout;
 
 use crossbeam_utils::CachePadded;
 
@@ -87,7 +89,7 @@ struct Shared<T> {
     /// Next index the consumer reads. Written only by the consumer.
     head: CachePadded<AtomicUsize>,
     /// `mask + 1` slots. Slot `i & mask` is initialised iff `head <= i < tail`.
-    buf: Box<[UnsafeCell<MaybeUninit<T>>]>,
+    buf: SlotBuf<T>,
     mask: usize,
     /// Loom-only shadow cells: one per slot, touched wherever the slot is.
     #[cfg(loom)]
@@ -105,9 +107,9 @@ impl<T> Shared<T> {
     #[inline(always)]
     fn slot_ptr(&self, slot: usize) -> *mut MaybeUninit<T> {
         debug_assert!(slot <= self.mask);
-        // `slot <= mask < buf.len()`, so the element pointer stays in the allocation;
+        // `slot <= mask < capacity`, so the element pointer stays in the allocation;
         // `raw_get` gives write access through the UnsafeCell without a reference.
-        UnsafeCell::raw_get(self.buf.as_ptr().wrapping_add(slot))
+        UnsafeCell::raw_get(self.buf.ptr.as_ptr().wrapping_add(slot))
     }
 
     /// Splits the `n` slots from counter value `from` into the (up to) two contiguous
@@ -134,6 +136,53 @@ impl<T> Shared<T> {
         #[cfg(loom)]
         for i in 0.._n {
             self.shadow[_from.wrapping_add(i) & self.mask].with(|_| ());
+        }
+    }
+}
+
+/// The slot array: `capacity` slots in one allocation aligned to 128 bytes (at least),
+/// so that a burst of small items starts on a cache-line pair boundary whenever its
+/// index is a multiple of the items per line (a burst of 32 u64 is exactly two
+/// 128-byte pairs, not five 64-byte lines straddling them, as with a plain `Vec`).
+struct SlotBuf<T> {
+    ptr: NonNull<UnsafeCell<MaybeUninit<T>>>,
+    /// `None` for zero-sized `T` (nothing allocated; `ptr` is dangling but aligned).
+    layout: Option<Layout>,
+}
+
+/// Alignment of the slot array (two cache lines: the adjacent-line prefetcher pairs
+/// lines on x86-64, see crossbeam's `CachePadded`).
+const SLOT_ALIGN: usize = 128;
+
+impl<T> SlotBuf<T> {
+    fn new(cap: usize) -> Option<Self> {
+        let size = size_of::<T>().checked_mul(cap)?;
+        if size == 0 {
+            return Some(SlotBuf {
+                ptr: NonNull::dangling(),
+                layout: None,
+            });
+        }
+        let layout = Layout::from_size_align(size, align_of::<T>().max(SLOT_ALIGN)).ok()?;
+        // SAFETY: the layout has a non-zero size (checked above).
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        Some(SlotBuf {
+            ptr: ptr.cast(),
+            layout: Some(layout),
+        })
+    }
+}
+
+impl<T> Drop for SlotBuf<T> {
+    fn drop(&mut self) {
+        if let Some(layout) = self.layout {
+            // SAFETY: `ptr` came from `alloc` with exactly this layout and is freed once.
+            // The items in it were dropped by `Shared::drop`, which runs first (the
+            // buffer is a field of `Shared`); slots themselves need no drop.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), layout) }
         }
     }
 }
@@ -171,9 +220,11 @@ pub fn channel<T>(capacity: usize) -> Result<(Producer<T>, Consumer<T>), RingErr
         });
     }
     let cap = capacity.next_power_of_two();
-    let buf: Box<[UnsafeCell<MaybeUninit<T>>]> = (0..cap)
-        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-        .collect();
+    let buf = SlotBuf::new(cap).ok_or(RingError::InvalidConfig {
+        what: "spsc capacity",
+        value: capacity as u64,
+        why: "capacity * size_of::<T>() overflows",
+    })?;
     let shared = Arc::new(Shared {
         tail: CachePadded::new(AtomicUsize::new(0)),
         head: CachePadded::new(AtomicUsize::new(0)),
@@ -546,7 +597,8 @@ impl<T> WriteChunkUninit<'_, T> {
         self.len() == 0
     }
 
-    /// Publishes the first `k` slots to the consumer.
+    /// Publishes the first `k` slots to the consumer. Values written to slots past
+    /// `k` are not published and never dropped (they are overwritten later).
     ///
     /// # Safety
     /// The first `k` slots (in order: first run, then second run) must have been
@@ -676,6 +728,19 @@ mod tests {
         assert_eq!(c.capacity(), 8);
         let (p, _c) = channel::<u8>(1).unwrap();
         assert_eq!(p.capacity(), 1);
+    }
+
+    #[test]
+    fn slots_are_cache_line_aligned() {
+        let (mut p, _c) = channel::<u64>(64).unwrap();
+        let mut w = p.write_chunk_uninit(1).unwrap();
+        assert_eq!(w.as_mut_slices().0.as_ptr() as usize % SLOT_ALIGN, 0);
+        #[repr(align(256))]
+        struct Big(#[allow(dead_code)] u8);
+        let (mut p, _c) = channel::<Big>(2).unwrap();
+        let mut w = p.write_chunk_uninit(1).unwrap();
+        assert_eq!(w.as_mut_slices().0.as_ptr() as usize % 256, 0);
+        assert!(channel::<[u8; 1 << 40]>(1 << 30).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Same-placement ratio harness for the SPSC contenders (BASELINES.md).
 //!
-//! Rounds of `zerohop chunk, zerohop slice, rtrb chunk, ArrayQueue` (interleaved: A B
-//! C D, A B C D, ...), each round bracketed by a placement probe of cores 0 and 1. A
+//! Rounds of `zerohop chunk, zerohop slice, rtrb chunk, ArrayQueue`, interleaved and
+//! rotated so no contender always runs first (A B C D, B C D A, C D A B, ...), each
+//! round bracketed by a placement probe of cores 0 and 1. A
 //! round whose probes differ (or timed out) is void. Reports, per placement, each
 //! contender's median items/s with its min-max spread over the valid rounds, and the
 //! ratios zerohop/rtrb and zerohop/ArrayQueue computed round by round (each ratio
@@ -76,7 +77,11 @@ fn main() {
     while rounds.len() < max_rounds && Instant::now() < budget {
         let before = placement_probe(CORES, PROBE_ROUND_TRIPS);
         let mut rates = [None; 4];
-        for (i, c) in Contender::ALL.into_iter().enumerate() {
+        // Rotate the starting contender each round (A B C D, B C D A, ...) so that no
+        // contender always runs first after the probe.
+        for k in 0..Contender::ALL.len() {
+            let i = (k + rounds.len()) % Contender::ALL.len();
+            let c = Contender::ALL[i];
             let n = items(c);
             rates[i] = c.run(n, CORES).map(|d| n as f64 / d.as_secs_f64());
         }

@@ -84,8 +84,10 @@ impl Gate {
         pin(core);
         // Release/Acquire: plain start handshake (no data rides on it).
         self.ready.fetch_add(1, Ordering::AcqRel);
+        // Acquire: pairs with the Release store of `go` in `two_threads` (start signal).
         while !self.go.load(Ordering::Acquire) {
             if Instant::now() >= self.deadline {
+                // Relaxed: "stop" only.
                 self.abort.store(true, Ordering::Relaxed);
                 return false;
             }
@@ -101,6 +103,7 @@ impl Gate {
         if *spins & 0x3fff == 0 {
             // Relaxed: "stop" only.
             if self.abort.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
+                // Relaxed: "stop" only.
                 self.abort.store(true, Ordering::Relaxed);
                 return true;
             }
@@ -139,13 +142,16 @@ fn two_threads(
             assert_eq!(sum, items * (items - 1) / 2, "items lost or reordered");
             Some(dt)
         });
+        // Acquire: pairs with the AcqRel check-in in `Gate::enter`.
         while gate.ready.load(Ordering::Acquire) < 2 {
             if Instant::now() >= gate.deadline {
+                // Relaxed: "stop" only.
                 gate.abort.store(true, Ordering::Relaxed);
                 break;
             }
             std::thread::yield_now();
         }
+        // Release: the start signal; pairs with the Acquire wait in `Gate::enter`.
         gate.go.store(true, Ordering::Release);
         let r = c.join().unwrap_or(None);
         let _ = p.join();

@@ -3,5 +3,7 @@
 //! Re-exports the layers below so one dependency suffices.
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod probe;
+
 pub use pmd;
 pub use rings;

@@ -1,0 +1,55 @@
+//! The virtio 1.x split virtqueue (virtio 1.x section 2.7), driver and device halves.
+//!
+//! Byte-compatible with the spec and with Linux' `struct vring_desc` / `vring_avail` /
+//! `vring_used`, so a standard virtio driver or a vringh-style device can be the peer.
+//! The one zerohop difference: a descriptor's `addr` is an offset into a *data area*
+//! (a separate [`Mem`](crate::mem::Mem) of `data_len` bytes, the window's buffer
+//! area), not a bus address. The device half checks `addr + len <= data_len` for
+//! every buffer.
+//!
+//! ```text
+//!        driver (SplitDriver)                          device (SplitDevice)
+//!  add():  desc[] <- chain, avail.ring[i] <- head
+//!  publish(): avail.idx  --- Release ------------>  Acquire  pop(): walk chain
+//!                                                   push_used(): used.ring[j] <- {id,len}
+//!  poll_used(): Acquire  <------------ Release ---  used.idx  publish_used()
+//!
+//!  ring region (SplitLayout):  | desc[N] 16B | avail: flags idx ring[N] used_event |
+//!                              | pad to used_align | used: flags idx ring[N] avail_event |
+//! ```
+//!
+//! See [`layout`] for the byte offsets, `docs/layout/split.md` and
+//! `docs/ordering/split.md` for the diagrams and the table of ordering edges.
+//!
+//! Feature bits honoured (from [`crate::features`]): `VIRTIO_F_INDIRECT_DESC`,
+//! `VIRTIO_F_EVENT_IDX`, `VIRTIO_F_IN_ORDER`. Pass the *negotiated* set to both
+//! halves.
+
+pub mod device;
+pub mod driver;
+pub mod layout;
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;
+
+#[cfg(loom)]
+mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+pub use device::SplitDevice;
+pub use driver::{SplitDriver, Used};
+pub use layout::{Desc, SplitLayout, UsedElem};
+
+use crate::error::RingError;
+
+/// The error [`SplitDriver::add`] returns when the ring has too few free descriptors
+/// (the ring is full; poll used buffers and retry).
+pub const NO_FREE_DESCS: RingError = RingError::InvalidRequest("no free descriptors");
+
+/// The notification rule of virtio 1.x 2.7.10 / Linux `vring_need_event`: after moving
+/// an index from `old` to `new`, notify the peer iff it asked to be woken at
+/// `event_idx` and `event_idx` lies in `[old, new)` (modulo 2^16).
+#[inline]
+pub const fn vring_need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+}

@@ -1,7 +1,7 @@
 //! The window layout and the per-mode send and receive loops of `zerohop demo`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[cfg(test)]
 use dataplane::pmd::window::HeapWindow;
@@ -230,11 +230,6 @@ impl Link {
         let data = w.region().sub(data_off, c.max(1)).map_err(|e| e.to_string())?;
         // The rings are initialised before the header's init stamp is written, so a
         // peer that sees a valid header sees initialised rings.
-        if p.mode == Mode::Posted {
-            let l = posted_layout(p).map_err(|e| e.to_string())?;
-            let mut rx = PostedRx::new(ring2.clone(), ring.clone(), l).map_err(|e| e.to_string())?;
-            rx.init_credits().map_err(|e| e.to_string())?;
-        }
         window::init_header(&w, &params).map_err(|e| e.to_string())?;
         Ok(Link {
             _window: Box::new(w),
@@ -305,7 +300,7 @@ impl Link {
             Mode::Packed => self.recv_packed(p, deadline, &mut chk),
             Mode::Posted => self.recv_posted(p, deadline, &mut chk),
         };
-        chk.finish(p.count, r.err())
+        chk.finish(p.count, r.err().map(|e| e.to_string()))
     }
 
     fn buf_size(p: &DemoParams) -> usize {
@@ -454,6 +449,8 @@ impl Link {
 
     fn recv_posted(&self, p: &DemoParams, deadline: Instant, chk: &mut Checker) -> Result<(), RingError> {
         let mut rx = PostedRx::new(self.ring2.clone(), self.ring.clone(), posted_layout(p)?)?;
+        // Credit state is the receiver's own: it grants every buffer once attached.
+        rx.init_credits()?;
         let mut msgs = vec![RxMsg::default(); p.burst as usize];
         let mut grants = Vec::with_capacity(p.burst as usize);
         let mut idle = Idle::new(p.poll);
@@ -474,6 +471,9 @@ impl Link {
                     grants.push(index);
                 }
             }
+            // Done with the slots (inline payload was checked above): let the sender
+            // reuse them, and return the buffers as credits.
+            rx.release_slots(n as u32)?;
             rx.complete()?;
             if !grants.is_empty() {
                 rx.grant(&grants)?;
@@ -536,5 +536,53 @@ impl<M: Mem, D: Mem> VirtioDevice for PackedDevice<M, D> {
     }
     fn publish_used(&mut self) -> Result<(), RingError> {
         PackedDevice::publish_used(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn params(mode: Mode, size: u32) -> DemoParams {
+        DemoParams {
+            mode,
+            count: 100_000,
+            size,
+            burst: 32,
+            ring_size: 64,
+            poll: PollMode::Yield,
+            deadline: Duration::from_secs(30),
+        }
+    }
+
+    fn run_threads(p: &DemoParams) -> (Result<u64, String>, RxReport) {
+        let link = Link::heap(p);
+        std::thread::scope(|s| {
+            let rx = s.spawn(|| link.receive_all(p));
+            let tx = link.send_all(p);
+            (tx, rx.join().unwrap())
+        })
+    }
+
+    #[test]
+    fn every_mode_moves_entries_in_order_between_threads() {
+        for (mode, size) in [
+            (Mode::Split, 64),
+            (Mode::Packed, 64),
+            (Mode::Posted, 64),
+            (Mode::Posted, 32),
+        ] {
+            let p = params(mode, size);
+            let (tx, rx) = run_threads(&p);
+            assert_eq!(tx, Ok(p.count), "{mode:?}: {rx:?}");
+            assert_eq!(rx.received, p.count, "{mode:?}: {rx:?}");
+            assert_eq!(
+                (rx.lost, rx.reordered, rx.duplicated, rx.corrupted),
+                (0, 0, 0, 0),
+                "{mode:?}"
+            );
+            assert!(rx.error.is_none(), "{mode:?}: {rx:?}");
+        }
     }
 }

@@ -152,12 +152,10 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Pins the calling thread to `core` if the machine has it; returns whether it did.
+/// Pins the calling thread to `core` (by number, not by the inherited affinity mask:
+/// the peer process starts with the parent's mask).
 fn pin(core: usize) -> bool {
-    core_affinity::get_core_ids()
-        .and_then(|ids| ids.into_iter().find(|c| c.id == core))
-        .map(core_affinity::set_for_current)
-        .unwrap_or(false)
+    dataplane::probe::pin(core)
 }
 
 /// Kills and reaps a child on every exit path.
@@ -340,7 +338,7 @@ fn print_histogram(h: &Histogram<u64>) {
         let bar = "#".repeat(((n / total) * 50.0).round() as usize);
         println!(
             "  p{:<8} {:>9} .. {:>9} ns {:>10} {bar}",
-            format!("{}", w[1] * 100.0),
+            format!("{:.3}", w[1] * 100.0),
             lo,
             hi,
             n as u64

@@ -24,8 +24,12 @@ fn builder() -> loom::model::Builder {
 
 type Pair = (SplitDriver<LoomMem>, SplitDevice<LoomMem>, LoomMem);
 
-fn pair(features: u64) -> Pair {
-    let layout = SplitLayout::new(2).unwrap();
+/// A ring of `n`. The notify models use n = 4, where every u16 index/event word lies
+/// in its own 8-byte loom word (with n = 2, used_event and used.idx share one, and
+/// LoomMem's read-modify-write narrow stores would order them more strongly than
+/// separate 2-byte locations are on hardware).
+fn pair(n: u16, features: u64) -> Pair {
+    let layout = SplitLayout::new(n).unwrap();
     let ring = LoomMem::new(layout.size());
     let data = LoomMem::new(16);
     let drv = SplitDriver::new(ring.clone(), layout, data.clone(), features).unwrap();
@@ -39,7 +43,7 @@ fn pair(features: u64) -> Pair {
 #[test]
 fn loom_split_payload_round_trip() {
     builder().check(|| {
-        let (mut drv, mut dev, data) = pair(0);
+        let (mut drv, mut dev, data) = pair(2, 0);
         let t = thread::spawn(move || {
             let mut bufs = [BufDesc::default(); 2];
             for _ in 0..SPINS {
@@ -85,7 +89,10 @@ fn loom_split_payload_round_trip() {
 #[test]
 fn loom_split_avail_notify_no_lost_wakeup() {
     builder().check(|| {
-        let (mut drv, mut dev, _data) = pair(VIRTIO_F_EVENT_IDX);
+        let (mut drv, mut dev, _data) = pair(4, VIRTIO_F_EVENT_IDX);
+        // Start disarmed (avail_event = 0xffff), so a stale avail_event means "no
+        // notify" and the model can tell the orderings apart.
+        dev.set_avail_notification(false).unwrap();
         let t = thread::spawn(move || {
             let mut bufs = [BufDesc::default(); 2];
             dev.set_avail_notification(true).unwrap();
@@ -107,12 +114,14 @@ fn loom_split_avail_notify_no_lost_wakeup() {
 #[test]
 fn loom_split_used_notify_no_lost_wakeup() {
     builder().check(|| {
-        let (mut drv, mut dev, _data) = pair(VIRTIO_F_EVENT_IDX);
+        let (mut drv, mut dev, _data) = pair(4, VIRTIO_F_EVENT_IDX);
         let h = drv.add(&[BufDesc::writable(0, 8)]).unwrap();
         drv.publish().unwrap();
         let mut bufs = [BufDesc::default(); 2];
         let c = dev.pop(&mut bufs).unwrap().unwrap();
         assert_eq!(c.id, h);
+        // Start disarmed (used_event = 0xffff), as above.
+        drv.set_used_notification(false).unwrap();
         let t = thread::spawn(move || {
             dev.push_used(c.id, 4).unwrap();
             dev.publish_used().unwrap();

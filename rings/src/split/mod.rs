@@ -21,6 +21,29 @@
 //! See [`layout`] for the byte offsets, `docs/layout/split.md` and
 //! `docs/ordering/split.md` for the diagrams and the table of ordering edges.
 //!
+//! ```
+//! use rings::split::{SplitDevice, SplitDriver, SplitLayout, Used};
+//! use rings::{BufDesc, Region};
+//!
+//! let layout = SplitLayout::new(8)?;
+//! let ring = Region::heap(layout.size());
+//! let data = Region::heap(4096);
+//! let mut drv = SplitDriver::new(ring.clone(), layout, data.clone(), 0)?;
+//! let mut dev = SplitDevice::new(ring, layout, data, 0)?;
+//!
+//! let head = drv.add(&[BufDesc::readable(0, 64), BufDesc::writable(64, 128)])?;
+//! drv.publish()?;
+//!
+//! let mut bufs = [BufDesc::default(); 8];
+//! let chain = dev.pop(&mut bufs)?.expect("one chain");
+//! assert_eq!((chain.id, chain.count), (head, 2));
+//! dev.push_used(chain.id, 100)?;
+//! dev.publish_used()?;
+//!
+//! assert_eq!(drv.poll_used()?, Some(Used { id: head, len: 100 }));
+//! # Ok::<(), rings::RingError>(())
+//! ```
+//!
 //! Feature bits honoured (from [`crate::features`]): `VIRTIO_F_INDIRECT_DESC`,
 //! `VIRTIO_F_EVENT_IDX`, `VIRTIO_F_IN_ORDER`. Pass the *negotiated* set to both
 //! halves.

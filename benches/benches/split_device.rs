@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use rings::split::{SplitDevice, SplitLayout};
 use rings::{BufDesc, Mem, Region};
-use virtio_queue::{Queue, QueueOwnedT as _, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Ring size (chains per round).
@@ -101,9 +101,12 @@ impl Vq {
             let d = layout.desc(i) as u64;
             mem.write_obj(data_base + i as u64 * BUF, GuestAddress(d))
                 .expect("desc addr");
-            mem.write_obj(BUF as u32, GuestAddress(d + 8)).expect("desc len");
-            mem.write_obj(0u16, GuestAddress(d + 12)).expect("desc flags");
-            mem.write_obj(0u16, GuestAddress(d + 14)).expect("desc next");
+            mem.write_obj(BUF as u32, GuestAddress(d + 8))
+                .expect("desc len");
+            mem.write_obj(0u16, GuestAddress(d + 12))
+                .expect("desc flags");
+            mem.write_obj(0u16, GuestAddress(d + 14))
+                .expect("desc next");
             mem.write_obj(i, GuestAddress(layout.avail_ring(i) as u64))
                 .expect("avail entry");
         }
@@ -224,7 +227,13 @@ fn ratio_report(rounds: usize, d: &mut Devices) {
             v.iter().cloned().fold(f64::MAX, f64::min),
             v.iter().cloned().fold(0.0, f64::max),
         );
-        println!("| {} | {:.1} | {:.1} - {:.1} |", k.name(), median(&mut v), lo, hi);
+        println!(
+            "| {} | {:.1} | {:.1} - {:.1} |",
+            k.name(),
+            median(&mut v),
+            lo,
+            hi
+        );
     }
     let mut r0: Vec<f64> = rates.iter().map(|r| r[0] / r[2]).collect();
     let mut r1: Vec<f64> = rates.iter().map(|r| r[1] / r[2]).collect();

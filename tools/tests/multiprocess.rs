@@ -48,8 +48,7 @@ fn run(mode: &str, size: u32) -> serde_json::Value {
         !std::path::Path::new(&window).exists(),
         "window file {window} left behind"
     );
-    let r = v[0].clone();
-    r
+    v[0].clone()
 }
 
 fn check(mode: &str, size: u32) {

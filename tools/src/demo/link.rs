@@ -154,7 +154,7 @@ impl Checker {
             self.report.lost += count - self.expected;
         }
         self.report.elapsed_ns = self.last_ns.saturating_sub(self.first_ns);
-        self.report.histogram_b64 = encode_histogram(&self.hist);
+        self.report.histogram_hex = encode_histogram(&self.hist);
         self.report.error = err;
         self.report
     }
@@ -194,7 +194,12 @@ fn area_sizes(p: &DemoParams) -> Result<(usize, usize, usize), RingError> {
 }
 
 fn posted_layout(p: &DemoParams) -> Result<PostedLayout, RingError> {
-    PostedLayout::new(p.ring_size, 64, p.ring_size, align_up(p.size as usize, 64) as u32)
+    PostedLayout::new(
+        p.ring_size,
+        64,
+        p.ring_size,
+        align_up(p.size as usize, 64) as u32,
+    )
 }
 
 impl Link {
@@ -226,8 +231,14 @@ impl Link {
             ],
         };
         let ring = w.region().sub(ring_off, a).map_err(|e| e.to_string())?;
-        let ring2 = w.region().sub(ring2_off, b.max(1)).map_err(|e| e.to_string())?;
-        let data = w.region().sub(data_off, c.max(1)).map_err(|e| e.to_string())?;
+        let ring2 = w
+            .region()
+            .sub(ring2_off, b.max(1))
+            .map_err(|e| e.to_string())?;
+        let data = w
+            .region()
+            .sub(data_off, c.max(1))
+            .map_err(|e| e.to_string())?;
         // The rings are initialised before the header's init stamp is written, so a
         // peer that sees a valid header sees initialised rings.
         window::init_header(&w, &params).map_err(|e| e.to_string())?;
@@ -275,7 +286,9 @@ impl Link {
         Link {
             ring: r.sub(0, a).unwrap(),
             ring2: r.sub(align_up(a, 4096), b.max(1)).unwrap(),
-            data: r.sub(align_up(a, 4096) + align_up(b.max(1), 4096), c.max(1)).unwrap(),
+            data: r
+                .sub(align_up(a, 4096) + align_up(b.max(1), 4096), c.max(1))
+                .unwrap(),
             _window: Box::new(w),
         }
     }
@@ -373,13 +386,23 @@ impl Link {
         Ok(seq)
     }
 
-    fn recv_split(&self, p: &DemoParams, deadline: Instant, chk: &mut Checker) -> Result<(), RingError> {
+    fn recv_split(
+        &self,
+        p: &DemoParams,
+        deadline: Instant,
+        chk: &mut Checker,
+    ) -> Result<(), RingError> {
         let layout = SplitLayout::new(p.ring_size as u16)?;
         let mut dev = SplitDevice::new(self.ring.clone(), layout, self.data.clone(), 0)?;
         self.recv_virtio(p, deadline, chk, &mut dev)
     }
 
-    fn recv_packed(&self, p: &DemoParams, deadline: Instant, chk: &mut Checker) -> Result<(), RingError> {
+    fn recv_packed(
+        &self,
+        p: &DemoParams,
+        deadline: Instant,
+        chk: &mut Checker,
+    ) -> Result<(), RingError> {
         let layout = PackedLayout::new(p.ring_size as u16)?;
         let mut dev = PackedDevice::new(self.ring.clone(), layout, self.data.clone(), 0)?;
         self.recv_virtio(p, deadline, chk, &mut dev)
@@ -447,7 +470,12 @@ impl Link {
         Ok(seq)
     }
 
-    fn recv_posted(&self, p: &DemoParams, deadline: Instant, chk: &mut Checker) -> Result<(), RingError> {
+    fn recv_posted(
+        &self,
+        p: &DemoParams,
+        deadline: Instant,
+        chk: &mut Checker,
+    ) -> Result<(), RingError> {
         let mut rx = PostedRx::new(self.ring2.clone(), self.ring.clone(), posted_layout(p)?)?;
         // Credit state is the receiver's own: it grants every buffer once attached.
         rx.init_credits()?;

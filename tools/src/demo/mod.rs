@@ -55,8 +55,8 @@ pub struct RxReport {
     pub corrupted: u64,
     /// Nanoseconds from the first to the last entry received.
     pub elapsed_ns: u64,
-    /// The latency histogram, V2-serialised and base64-encoded.
-    pub histogram_b64: String,
+    /// The latency histogram, V2-serialised, hex-encoded.
+    pub histogram_hex: String,
     /// An error that stopped the receiver, if any.
     pub error: Option<String>,
 }
@@ -143,7 +143,7 @@ fn hex_encode(b: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -238,7 +238,7 @@ pub fn run_mode(p: &DemoParams, dir: &Path) -> Result<DemoResult, String> {
             ))
         }
     };
-    let hist = decode_histogram(&rx.histogram_b64).unwrap_or_else(new_histogram);
+    let hist = decode_histogram(&rx.histogram_hex).unwrap_or_else(new_histogram);
     let secs = rx.elapsed_ns.max(1) as f64 / 1e9;
     Ok(DemoResult {
         mode: p.mode,
@@ -313,7 +313,7 @@ pub fn print_human(results: &[DemoResult], p: &DemoParams) {
         }
     }
     for r in results {
-        if let Some(h) = decode_histogram(&r.rx.histogram_b64) {
+        if let Some(h) = decode_histogram(&r.rx.histogram_hex) {
             println!();
             println!("latency histogram, {} ring (one-way, ns):", r.mode.name());
             print_histogram(&h);
@@ -327,9 +327,7 @@ fn print_histogram(h: &Histogram<u64>) {
         println!("  (no samples)");
         return;
     }
-    let bands = [
-        0.0, 0.5, 0.75, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0_f64,
-    ];
+    let bands = [0.0, 0.5, 0.75, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0_f64];
     let total = h.len() as f64;
     for w in bands.windows(2) {
         let lo = h.value_at_quantile(w[0]);

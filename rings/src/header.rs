@@ -40,7 +40,7 @@
 //! bytes a peer can write make `open` panic, loop, or return an area outside the
 //! window.
 //!
-//! See also `docs/layout/header.md`.
+//! See also docs/SHARED_LAYOUT.md.
 
 use core::mem::{offset_of, size_of};
 

@@ -27,7 +27,7 @@
 //! publishes by a Release store of its tail. Bulk operations are all-or-nothing. No
 //! mutex; the only wait is for a concurrent reserver of the same side that has already
 //! won its CAS and is copying (a handful of stores), as in DPDK. Every edge is listed in
-//! docs/ordering/pool.md.
+//! docs/MEMORY_ORDERING.md.
 //!
 //! Double puts: in debug builds (`debug_assertions`) the pool keeps a bitmap with one
 //! bit per buffer, set while a user holds the buffer; a put of a buffer whose bit is

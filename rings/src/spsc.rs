@@ -29,7 +29,7 @@
 //! Each side keeps a cached copy of the other side's counter and re-reads the shared
 //! one (with Acquire) only when the cached value says the ring is full (producer) or
 //! empty (consumer) for the request at hand. In steady state a burst costs one
-//! Release store and, at most, one Acquire load (docs/ordering/spsc.md has the edges).
+//! Release store and, at most, one Acquire load (docs/MEMORY_ORDERING.md has the edges).
 //!
 //! Three ways in and out:
 //! - per item: [`Producer::push`] / [`Consumer::pop`];
@@ -261,7 +261,7 @@ pub struct Producer<T> {
 // SAFETY: a Producer is the only handle allowed to write slots and the tail; moving it
 // to another thread moves that right with it (and the items it will write, hence
 // `T: Send`). The shared part is reached only through the protocol (atomics with the
-// Acquire/Release edges documented in docs/ordering/spsc.md), never through `&T`
+// Acquire/Release edges documented in docs/MEMORY_ORDERING.md), never through `&T`
 // shared between threads. It is not Sync (the PhantomData<Cell> marker): two threads
 // must never produce at once.
 unsafe impl<T: Send> Send for Producer<T> {}

@@ -1,4 +1,4 @@
-//! Loom models of the packed ring's ordering edges (docs/ordering/packed.md).
+//! Loom models of the packed ring's ordering edges (docs/MEMORY_ORDERING.md).
 //!
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p rings
 //! --release --lib loom_packed`

@@ -23,7 +23,7 @@
 //! Descriptor `addr` fields are offsets into a *data area* (a separate [`Mem`]) of
 //! `data.size()` bytes; indirect tables live there too.
 //!
-//! Ordering (docs/ordering/packed.md): the first descriptor's flags of a burst are
+//! Ordering (docs/MEMORY_ORDERING.md): the first descriptor's flags of a burst are
 //! written last with one Release store, paired with the Acquire load of the flags
 //! word by the other side; notification checks use SeqCst fences.
 //!

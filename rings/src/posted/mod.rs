@@ -77,7 +77,7 @@
 //! published is an [`RingError::IndexJump`]. B never looks further than `slots`
 //! positions past what its caller released.
 //!
-//! # Ordering (edges; docs/ordering/posted.md has the full table)
+//! # Ordering (edges; docs/MEMORY_ORDERING.md has the full table)
 //!
 //! - **P1** [`PostedTx::publish`]: payload and slot bodies -> `fence(Release)` once per
 //!   burst -> Release store of each slot's `seq`. Pairs with **P2**, the Acquire load of

@@ -1,4 +1,4 @@
-//! Loom models of the split ring's ordering edges (docs/ordering/split.md).
+//! Loom models of the split ring's ordering edges (docs/MEMORY_ORDERING.md).
 //!
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p rings
 //! --release --lib loom_`

@@ -18,8 +18,8 @@
 //!                              | pad to used_align | used: flags idx ring[N] avail_event |
 //! ```
 //!
-//! See [`layout`] for the byte offsets, `docs/layout/split.md` and
-//! `docs/ordering/split.md` for the diagrams and the table of ordering edges.
+//! See [`layout`] for the byte offsets, docs/SHARED_LAYOUT.md and
+//! docs/MEMORY_ORDERING.md for the diagrams and the table of ordering edges.
 //!
 //! ```
 //! use rings::split::{SplitDevice, SplitDriver, SplitLayout, Used};

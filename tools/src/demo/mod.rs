@@ -78,6 +78,12 @@ pub struct DemoResult {
     pub latency_ns: Percentiles,
     /// An error on the sender side, if any.
     pub tx_error: Option<String>,
+    /// Same-run placement probe (one-cache-line ping-pong RTT, ns) before and after
+    /// the run, when both sides were pinned (spin mode); 0 otherwise.
+    pub placement_probe_ns: (f64, f64),
+    /// True if the probe says the core placement changed during the run (the
+    /// throughput figure is then void as a comparison; see BASELINES.md).
+    pub placement_changed: bool,
 }
 
 /// Latency percentiles in nanoseconds.
@@ -198,6 +204,8 @@ pub fn run_mode(p: &DemoParams, dir: &Path) -> Result<DemoResult, String> {
         .and_then(|c| c.stdout.take())
         .ok_or("peer has no stdout")?;
 
+    let probe = |spin: bool| spin.then(|| dataplane::probe::placement_probe((0, 1), 20_000));
+    let before = probe(p.poll == PollMode::Spin);
     if p.poll == PollMode::Spin {
         pin(0);
     }
@@ -228,6 +236,14 @@ pub fn run_mode(p: &DemoParams, dir: &Path) -> Result<DemoResult, String> {
         }
     }
     drop(link);
+    let after = probe(p.poll == PollMode::Spin);
+    let (placement_probe_ns, placement_changed) = match (&before, &after) {
+        (Some(b), Some(a)) => (
+            (b.median_ns, a.median_ns),
+            dataplane::probe::changed(b, a),
+        ),
+        _ => ((0.0, 0.0), false),
+    };
     let rx: RxReport = match read {
         Ok(n) if n > 0 => serde_json::from_str(line.trim())
             .map_err(|e| format!("peer sent a bad report ({e}): {line}"))?,
@@ -248,6 +264,8 @@ pub fn run_mode(p: &DemoParams, dir: &Path) -> Result<DemoResult, String> {
         latency_ns: Percentiles::of(&hist),
         rx,
         tx_error: tx_result.err(),
+        placement_probe_ns,
+        placement_changed,
     })
 }
 
@@ -305,6 +323,18 @@ pub fn print_human(results: &[DemoResult], p: &DemoParams) {
             l.p999,
             l.max
         );
+        if r.placement_probe_ns.0 > 0.0 {
+            println!(
+                "        placement probe: {:.0} ns before, {:.0} ns after{}",
+                r.placement_probe_ns.0,
+                r.placement_probe_ns.1,
+                if r.placement_changed {
+                    " (placement changed during the run: figure void for comparisons)"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(e) = &r.tx_error {
             println!("        sender error: {e}");
         }

@@ -238,10 +238,7 @@ pub fn run_mode(p: &DemoParams, dir: &Path) -> Result<DemoResult, String> {
     drop(link);
     let after = probe(p.poll == PollMode::Spin);
     let (placement_probe_ns, placement_changed) = match (&before, &after) {
-        (Some(b), Some(a)) => (
-            (b.median_ns, a.median_ns),
-            dataplane::probe::changed(b, a),
-        ),
+        (Some(b), Some(a)) => ((b.median_ns, a.median_ns), dataplane::probe::changed(b, a)),
         _ => ((0.0, 0.0), false),
     };
     let rx: RxReport = match read {

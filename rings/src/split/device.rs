@@ -26,7 +26,7 @@ use super::layout::{
     Desc, SplitLayout, UsedElem, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT,
     VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
 };
-use super::vring_need_event;
+use super::NotifySite;
 
 /// The device half of a split virtqueue over a ring region `M` and a data area `D`
 /// (which it reads only for indirect tables; buffers are handed to the caller as
@@ -164,6 +164,20 @@ impl<M: Mem, D: Mem> SplitDevice<M, D> {
     /// Next avail position the device will consume.
     pub fn last_avail_idx(&self) -> u16 {
         self.last_avail
+    }
+
+    /// The device's notification controls: reads used_event / avail.flags, writes
+    /// avail_event / used.flags.
+    fn notify_site(&self) -> NotifySite {
+        NotifySite {
+            event_idx: self.has(VIRTIO_F_EVENT_IDX),
+            peer_event: self.layout.used_event(),
+            peer_flags: self.layout.avail_flags(),
+            peer_no_bit: VIRTQ_AVAIL_F_NO_INTERRUPT,
+            own_event: self.layout.avail_event(),
+            own_flags: self.layout.used_flags(),
+            own_no_bit: VIRTQ_USED_F_NO_NOTIFY,
+        }
     }
 
     fn has(&self, f: u64) -> bool {
@@ -415,19 +429,7 @@ impl<M: Mem, D: Mem> SplitDevice<M, D> {
         let new = self.used_published;
         let old = self.notify_old;
         self.notify_old = new;
-        if self.has(VIRTIO_F_EVENT_IDX) {
-            // Relaxed: driver-written hint, any value is safe; ordered by the fence.
-            let event = self
-                .ring
-                .load_u16(self.layout.used_event(), Ordering::Relaxed)?;
-            Ok(vring_need_event(event, new, old))
-        } else {
-            // Relaxed: as above.
-            let flags = self
-                .ring
-                .load_u16(self.layout.avail_flags(), Ordering::Relaxed)?;
-            Ok(new != old && flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0)
-        }
+        self.notify_site().need_notify(&self.ring, new, old)
     }
 
     /// Asks for (or stops asking for) available-buffer notifications: writes
@@ -436,22 +438,8 @@ impl<M: Mem, D: Mem> SplitDevice<M, D> {
     /// After enabling, call [`SplitDevice::pop`] once more before sleeping.
     pub fn set_avail_notification(&mut self, enable: bool) -> Result<(), RingError> {
         self.check_open()?;
-        if self.has(VIRTIO_F_EVENT_IDX) {
-            let ev = if enable {
-                self.avail_cache
-            } else {
-                self.avail_cache.wrapping_sub(1)
-            };
-            // Relaxed: a hint for the driver; ordered before our next avail.idx load
-            // by the fence below.
-            self.ring
-                .store_u16(self.layout.avail_event(), ev, Ordering::Relaxed)?;
-        } else {
-            let flags = if enable { 0 } else { VIRTQ_USED_F_NO_NOTIFY };
-            // Relaxed: as above.
-            self.ring
-                .store_u16(self.layout.used_flags(), flags, Ordering::Relaxed)?;
-        }
+        self.notify_site()
+            .request(&self.ring, enable, self.avail_cache)?;
         if enable {
             // SeqCst fence (V4, vhost_enable_notify's smp_mb): orders the avail_event
             // / flags store before the next avail.idx load; pairs with the driver's

@@ -25,7 +25,8 @@ use super::layout::{
     Desc, SplitLayout, UsedElem, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT,
     VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
 };
-use super::{vring_need_event, NO_FREE_DESCS};
+use super::NotifySite;
+use super::NO_FREE_DESCS;
 
 /// A chain the device has returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +199,20 @@ impl<M: Mem, D: Mem> SplitDriver<M, D> {
     /// True once a device violation was seen (until [`SplitDriver::reset`]).
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// The driver's notification controls: reads avail_event / used.flags, writes
+    /// used_event / avail.flags.
+    fn notify_site(&self) -> NotifySite {
+        NotifySite {
+            event_idx: self.has(VIRTIO_F_EVENT_IDX),
+            peer_event: self.layout.avail_event(),
+            peer_flags: self.layout.used_flags(),
+            peer_no_bit: VIRTQ_USED_F_NO_NOTIFY,
+            own_event: self.layout.used_event(),
+            own_flags: self.layout.avail_flags(),
+            own_no_bit: VIRTQ_AVAIL_F_NO_INTERRUPT,
+        }
     }
 
     fn has(&self, f: u64) -> bool {
@@ -399,20 +414,7 @@ impl<M: Mem, D: Mem> SplitDriver<M, D> {
         let new = self.avail_published;
         let old = self.notify_old;
         self.notify_old = new;
-        if self.has(VIRTIO_F_EVENT_IDX) {
-            // Relaxed: any value is acceptable (it only decides a notification);
-            // ordered by the fence above.
-            let event = self
-                .ring
-                .load_u16(self.layout.avail_event(), Ordering::Relaxed)?;
-            Ok(vring_need_event(event, new, old))
-        } else {
-            // Relaxed: as above.
-            let flags = self
-                .ring
-                .load_u16(self.layout.used_flags(), Ordering::Relaxed)?;
-            Ok(new != old && flags & VIRTQ_USED_F_NO_NOTIFY == 0)
-        }
+        self.notify_site().need_notify(&self.ring, new, old)
     }
 
     /// Asks for (or stops asking for) used-buffer notifications: writes used_event =
@@ -423,26 +425,8 @@ impl<M: Mem, D: Mem> SplitDriver<M, D> {
     /// device saw the request does not notify.
     pub fn set_used_notification(&mut self, enable: bool) -> Result<(), RingError> {
         self.check_open()?;
-        if self.has(VIRTIO_F_EVENT_IDX) {
-            let ev = if enable {
-                self.last_used
-            } else {
-                self.last_used.wrapping_sub(1)
-            };
-            // Relaxed: a hint for the device; ordered before our next used.idx load by
-            // the fence below.
-            self.ring
-                .store_u16(self.layout.used_event(), ev, Ordering::Relaxed)?;
-        } else {
-            let flags = if enable {
-                0
-            } else {
-                VIRTQ_AVAIL_F_NO_INTERRUPT
-            };
-            // Relaxed: as above.
-            self.ring
-                .store_u16(self.layout.avail_flags(), flags, Ordering::Relaxed)?;
-        }
+        self.notify_site()
+            .request(&self.ring, enable, self.last_used)?;
         if enable {
             // SeqCst fence (D3, Linux virtqueue_poll's virtio_mb): orders the
             // used_event / flags store before the next used.idx load; pairs with the

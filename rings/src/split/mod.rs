@@ -64,6 +64,62 @@ pub use driver::{SplitDriver, Used};
 pub use layout::{Desc, SplitLayout, UsedElem};
 
 use crate::error::RingError;
+use crate::mem::Mem;
+use crate::sync::Ordering;
+
+/// Where one half's notification controls live (virtio 1.x 2.7.7 / 2.7.10): what it
+/// reads to decide whether to notify the peer, and what it writes to ask the peer for
+/// notifications. The driver reads avail_event / used.flags and writes used_event /
+/// avail.flags; the device the other way round.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NotifySite {
+    /// VIRTIO_F_EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// The peer's event index (read).
+    pub peer_event: usize,
+    /// The peer's flags word (read) and its "do not notify me" bit.
+    pub peer_flags: usize,
+    pub peer_no_bit: u16,
+    /// Our event index (written).
+    pub own_event: usize,
+    /// Our flags word (written) and its "do not notify me" bit.
+    pub own_flags: usize,
+    pub own_no_bit: u16,
+}
+
+impl NotifySite {
+    /// The notification decision for our index moving from `old` to `new`. The caller
+    /// issues the SeqCst fence that orders its index store before these loads.
+    pub fn need_notify<M: Mem>(&self, ring: &M, new: u16, old: u16) -> Result<bool, RingError> {
+        if self.event_idx {
+            // Relaxed: a peer-written hint; any value is safe (it only decides a
+            // notification), and the caller's fence orders the load.
+            let event = ring.load_u16(self.peer_event, Ordering::Relaxed)?;
+            Ok(vring_need_event(event, new, old))
+        } else {
+            // Relaxed: as above.
+            let flags = ring.load_u16(self.peer_flags, Ordering::Relaxed)?;
+            Ok(new != old && flags & self.peer_no_bit == 0)
+        }
+    }
+
+    /// Asks the peer for notifications from position `pos` on (or, with `enable`
+    /// false, stops asking: the event index goes one behind `pos`, which the peer never
+    /// crosses). The caller fences after enabling, before it re-reads the peer's index.
+    pub fn request<M: Mem>(&self, ring: &M, enable: bool, pos: u16) -> Result<(), RingError> {
+        if self.event_idx {
+            let ev = if enable { pos } else { pos.wrapping_sub(1) };
+            // Relaxed: a hint for the peer; ordered before our next index load by the
+            // caller's fence.
+            ring.store_u16(self.own_event, ev, Ordering::Relaxed)?;
+        } else {
+            let flags = if enable { 0 } else { self.own_no_bit };
+            // Relaxed: as above.
+            ring.store_u16(self.own_flags, flags, Ordering::Relaxed)?;
+        }
+        Ok(())
+    }
+}
 
 /// The error [`SplitDriver::add`] returns when the ring has too few free descriptors
 /// (the ring is full; poll used buffers and retry).

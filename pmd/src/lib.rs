@@ -3,6 +3,9 @@
 //! - [`window`]: one [`window::Window`] trait and its backends (a file under /dev/shm,
 //!   huge pages, a PCI BAR through sysfs, a heap buffer for tests), plus the
 //!   instrumented and link-model wrappers that make a PCIe link visible on one host.
+//! - [`copy`]: the copy engine: one non-temporal (AVX-512 / AVX2) or plain copy of a
+//!   payload into the peer-visible buffer, chosen at run time, and its `sfence` rule.
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod copy;
 pub mod window;

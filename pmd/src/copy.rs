@@ -54,9 +54,12 @@ use std::sync::OnceLock;
 use rings::{Mem, MemError};
 
 /// Default smallest copy (bytes) that uses non-temporal stores; shorter copies use
-/// plain stores. Chosen from `cargo bench -p zerohop-benches --bench copy` (see
-/// docs/COPY_ENGINE.md): into cold memory, AVX-512 NT stores beat `memcpy` from
-/// 1 KiB up, and were slower or no better at 256 B.
+/// plain stores. Chosen from `cargo bench -p zerohop-benches --bench copy` (numbers in
+/// docs/COPY_ENGINE.md): into cold memory NT stores win from 128 B up (1.5x at 128 B,
+/// 2.1x at 1 KiB) and lose at 64 B (0.8x); into a cache-resident 4 MiB buffer pool
+/// they lose below 4 KiB (0.3-0.5x at 64-256 B, 0.7-0.8x at 1 KiB). 1 KiB keeps small
+/// packets, where the warm-case loss is largest, on plain stores and streams MTU-sized
+/// and larger payloads, where the cold-case gain is 1.7-2.8x.
 pub const DEFAULT_NT_THRESHOLD: usize = 1024;
 
 /// Environment variable that forces a copy path for [`CopyEngine::global`] /

@@ -3,9 +3,12 @@
 //! - [`window`]: one [`window::Window`] trait and its backends (a file under /dev/shm,
 //!   huge pages, a PCI BAR through sysfs, a heap buffer for tests), plus the
 //!   instrumented and link-model wrappers that make a PCIe link visible on one host.
+//! - [`copy`]: the copy engine: one non-temporal (AVX-512 / AVX2) or plain copy of a
+//!   payload into the peer-visible buffer, chosen at run time, and its `sfence` rule.
 //! - [`notify`]: the optional slow path for a side that sleeps: eventfds exchanged
 //!   over a unix socket on one host, doorbell registers on PCI and NTB.
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod copy;
 pub mod notify;
 pub mod window;

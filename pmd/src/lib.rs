@@ -5,10 +5,13 @@
 //!   instrumented and link-model wrappers that make a PCIe link visible on one host.
 //! - [`copy`]: the copy engine: one non-temporal (AVX-512 / AVX2) or plain copy of a
 //!   payload into the peer-visible buffer, chosen at run time, and its `sfence` rule.
+//! - [`queue`]: the poll-mode queue pairs (the posted ring's zero-copy RX, zero-copy
+//!   and copying TX, one publish per burst) and the window layout of a link.
 //! - [`notify`]: the optional slow path for a side that sleeps: eventfds exchanged
 //!   over a unix socket on one host, doorbell registers on PCI and NTB.
 #![cfg_attr(not(test), warn(missing_docs))]
 
 pub mod copy;
 pub mod notify;
+pub mod queue;
 pub mod window;

@@ -1,0 +1,169 @@
+//! Poll-mode queues over the rings: the index-based fast path the dataplane's mbuf
+//! layer wraps (GUIDE.md sections 3, 4 and 6).
+//!
+//! - [`posted`]: [`PostedQueuePair`], one queue pair of zerohop's default `posted` ring
+//!   mode: a [`rings::posted::PostedTx`] for the direction we send and a
+//!   [`rings::posted::PostedRx`] for the direction we receive, with zero-copy receive
+//!   ([`PostedQueuePair::rx_burst`] / [`PostedQueuePair::free`]), zero-copy transmit
+//!   ([`PostedQueuePair::alloc_tx`] / [`PostedQueuePair::tx_commit`]) and a copying
+//!   transmit ([`PostedQueuePair::tx_burst`]) that takes its copy routine as a
+//!   [`CopyFn`].
+//! - [`layout`]: [`PostedLinkLayout`], which places both sides' areas of N queue pairs
+//!   in one window, records them in the window header and opens one side.
+//! - [`testpkt`]: test-pattern packets (sequence number + checksum) and a duplex
+//!   traffic loop, shared by the tests, benches and tools.
+//!
+//! `docs/POSTED_PMD.md` has the rules (who owns a buffer when, the per-burst store
+//! order) and the measured remote accesses per packet.
+
+use rings::{Mem, MemError, RingError};
+
+pub mod layout;
+pub mod posted;
+pub mod testpkt;
+
+#[cfg(test)]
+mod tests;
+
+pub use layout::{PostedLinkLayout, Side, SideAreas};
+pub use posted::{PktHandle, PktReturner, PostedQueuePair, QueueStats, RxPkt, TxSlot};
+
+/// Default burst size (GUIDE.md section 4).
+pub const DEFAULT_BURST: usize = 32;
+/// Largest burst a queue accepts.
+pub const MAX_BURST: usize = 512;
+
+/// Everything a queue operation can report.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The ring reported an error. Peer violations
+    /// ([`RingError::is_peer_violation`]) mark the queue broken; later calls return
+    /// `Ring(RingError::Broken)` until [`PostedQueuePair::reset`].
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// A payload copy failed (an offset outside the area: a bug, never a peer value).
+    #[error("payload copy failed: {0}")]
+    Mem(#[from] MemError),
+    /// [`PostedQueuePair::free`] (or a [`PktReturner`]) got a handle that is not held
+    /// by the application (never handed out, already freed, or from another queue).
+    #[error("packet handle {raw:#x} is not held (double free or foreign handle)")]
+    BadHandle {
+        /// The raw handle.
+        raw: u32,
+    },
+    /// A [`TxSlot`] that is not outstanding (already committed or cancelled, or from
+    /// another queue), or a commit length over its capacity.
+    #[error("tx slot for buffer {index} is not outstanding, or len {len} exceeds its capacity")]
+    BadTxSlot {
+        /// Buffer index named by the slot.
+        index: u32,
+        /// Length asked for.
+        len: u32,
+    },
+    /// A payload that can never be sent on this queue (over the buffer size).
+    #[error("payload of {len} bytes exceeds the largest message ({max} bytes)")]
+    TooLarge {
+        /// Payload length.
+        len: usize,
+        /// Largest payload the layout carries.
+        max: usize,
+    },
+    /// A window layout problem (window too small, header areas not a posted link).
+    #[error("posted link layout: {what} ({value})")]
+    Layout {
+        /// What is wrong.
+        what: &'static str,
+        /// The offending value.
+        value: u64,
+    },
+    /// Creating or opening the window header failed.
+    #[error(transparent)]
+    Window(#[from] crate::window::WindowError),
+}
+
+impl QueueError {
+    /// True if the error means the peer violated the ring protocol (the queue is
+    /// broken until reset).
+    pub fn is_peer_violation(&self) -> bool {
+        matches!(self, QueueError::Ring(e) if e.is_peer_violation())
+    }
+}
+
+/// How the copying transmit path moves payload into the peer's memory.
+///
+/// The non-temporal copy engine (`pmd::copy`) plugs in here; [`PlainCopy`] is the
+/// default. The queue calls [`copy`](CopyFn::copy) for every buffered payload of a
+/// burst, then writes the slot bodies, then calls [`fence`](CopyFn::fence) once, then
+/// publishes the lap tags (GUIDE.md section 4: payload -> descriptor -> fence ->
+/// index). Inline payloads (a few dozen bytes inside the slot) are always written with
+/// plain stores by the ring itself: non-temporal stores do not pay off at that size.
+pub trait CopyFn {
+    /// Copies `src` into `mem` at `off`.
+    fn copy<M: Mem>(&self, mem: &M, off: usize, src: &[u8]) -> Result<(), MemError>;
+    /// Orders every copy made so far before the stores that follow (an `sfence` for
+    /// non-temporal stores; nothing for plain stores, which the ring's own Release
+    /// fence orders).
+    fn fence(&self);
+}
+
+/// The default copy: [`Mem::write_bytes`] (plain stores, counted by instrumented
+/// memory) and no fence of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlainCopy;
+
+impl CopyFn for PlainCopy {
+    #[inline(always)]
+    fn copy<M: Mem>(&self, mem: &M, off: usize, src: &[u8]) -> Result<(), MemError> {
+        mem.write_bytes(off, src)
+    }
+    #[inline(always)]
+    fn fence(&self) {}
+}
+
+/// The copy engine: non-temporal stores for large payloads (one `sfence` per burst),
+/// plain stores for small ones (see [`crate::copy`]).
+impl CopyFn for crate::copy::CopyEngine {
+    #[inline(always)]
+    fn copy<M: Mem>(&self, mem: &M, off: usize, src: &[u8]) -> Result<(), MemError> {
+        self.copy_to(mem, off, src)
+    }
+    #[inline(always)]
+    fn fence(&self) {
+        crate::copy::CopyEngine::fence(self)
+    }
+}
+
+/// A fixed-size bitmap, allocated at construction.
+#[derive(Debug)]
+pub(crate) struct Bits {
+    words: Box<[u64]>,
+}
+
+impl Bits {
+    pub(crate) fn new(n: u32) -> Self {
+        Bits {
+            words: vec![0u64; (n as usize).div_ceil(64)].into_boxed_slice(),
+        }
+    }
+    /// Bit `i` (false outside the bitmap).
+    #[inline]
+    pub(crate) fn get(&self, i: u32) -> bool {
+        self.words
+            .get(i as usize / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    /// Sets bit `i` to `v` (ignored outside the bitmap).
+    #[inline]
+    pub(crate) fn set(&mut self, i: u32, v: bool) {
+        if let Some(w) = self.words.get_mut(i as usize / 64) {
+            if v {
+                *w |= 1 << (i % 64);
+            } else {
+                *w &= !(1 << (i % 64));
+            }
+        }
+    }
+    pub(crate) fn clear_all(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = 0);
+    }
+}

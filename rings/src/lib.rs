@@ -19,6 +19,7 @@
 #![cfg_attr(not(test), warn(missing_docs))]
 
 pub mod chain;
+pub mod control;
 pub mod error;
 pub mod header;
 pub mod mem;

@@ -5,4 +5,5 @@
 //!   instrumented and link-model wrappers that make a PCIe link visible on one host.
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod control;
 pub mod window;

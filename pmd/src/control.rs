@@ -261,7 +261,7 @@ fn connect_loop<C: Controller>(c: &mut C, deadline: Instant) -> Result<Event, Co
         spins = spins.wrapping_add(1);
         // Yield to the peer (tests share two cores); now and then sleep a little so
         // a waiting connect does not burn a whole core.
-        if spins % 64 == 0 {
+        if spins.is_multiple_of(64) {
             thread::sleep(Duration::from_micros(100));
         } else {
             thread::yield_now();

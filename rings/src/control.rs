@@ -840,19 +840,34 @@ impl ControlLayout {
     ) -> Result<(), ControlError> {
         let off = self.frontend_offset();
         let odd = Self::odd_after(sec.seq);
+        // The copy written carries the odd seq (the word is rewritten with the value
+        // it already holds), the final store makes it even.
         sec.seq = odd;
+        sec.seq = Self::publish_obj(mem, off, odd, off, &*sec)?;
+        Ok(())
+    }
+
+    /// Seqlock write: `seq_off` made `odd`, then `obj` at `off`, then `seq_off`
+    /// made even (returned).
+    fn publish_obj<M: Mem, T: Pod>(
+        mem: &M,
+        seq_off: usize,
+        odd: u32,
+        off: usize,
+        obj: &T,
+    ) -> Result<u32, ControlError> {
         // Relaxed: the odd seq only has to be visible before the field stores, which
         // the Release fence below orders (C1).
-        mem.store_u32(off, odd, Ordering::Relaxed)?;
+        mem.store_u32(seq_off, odd, Ordering::Relaxed)?;
         // Release fence (C1): the odd seq is visible before any field store below;
         // pairs with the reader's Acquire fence (C3) in read_seqlock.
         fence(Ordering::Release);
-        mem.write_obj(off, &*sec)?;
-        sec.seq = odd.wrapping_add(1);
+        mem.write_obj(off, obj)?;
+        let even = odd.wrapping_add(1);
         // Release (C2): publishes every field above; pairs with the reader's Acquire
         // load of seq in read_seqlock.
-        mem.store_u32(off, sec.seq, Ordering::Release)?;
-        Ok(())
+        mem.store_u32(seq_off, even, Ordering::Release)?;
+        Ok(even)
     }
 
     /// Rewrites the backend section, and the queue table if given, under one

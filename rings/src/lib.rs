@@ -6,6 +6,7 @@
 //!
 //! - [`mem`]: bounds-checked views over shared memory ([`mem::Region`]), the one
 //!   place raw pointers into a window are dereferenced.
+//! - [`control`]: the config block (features, per-side status, heartbeats, queue table).
 //! - [`header`]: the self-describing window header (magic, version, sizes, init stamp).
 //! - [`split`]: the virtio 1.x split virtqueue, driver and device halves.
 //! - [`packed`]: the virtio 1.x packed virtqueue, driver and device halves.
@@ -19,6 +20,7 @@
 #![cfg_attr(not(test), warn(missing_docs))]
 
 pub mod chain;
+pub mod control;
 pub mod error;
 pub mod header;
 pub mod mem;

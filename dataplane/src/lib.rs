@@ -3,6 +3,8 @@
 //! Re-exports the layers below so one dependency suffices.
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod mbuf;
+pub mod mempool;
 pub mod probe;
 
 pub use pmd;

@@ -177,7 +177,7 @@ impl Stats {
                 have: region.len(),
             });
         }
-        if region.addr() % 8 != 0 {
+        if region.addr() & 7 != 0 {
             return Err(StatsError::Misaligned {
                 addr: region.addr(),
             });

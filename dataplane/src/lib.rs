@@ -8,6 +8,8 @@ pub mod mbuf;
 pub mod mempool;
 pub mod probe;
 pub mod stats;
+#[doc(hidden)]
+pub mod testing;
 
 pub use pmd;
 pub use rings;

@@ -107,7 +107,7 @@ fn fast_path_makes_zero_allocations() {
                 want += 1;
             }
             w.record_poll(v.len() as u32, bytes);
-            if want % 2 == 0 {
+            if want & 1 == 0 {
                 free_bulk(&mut v);
             } else {
                 // One by one, through Drop.

@@ -65,6 +65,13 @@ pub const DEFAULT_CACHE_SIZE: u32 = 256;
 /// Buffers moved per chunk by the bulk helpers (a stack array, no allocation).
 pub(crate) const CHUNK: usize = 64;
 
+// Handles cross lcores: the pool is shared, mbufs move through SPSC rings.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Mempool>();
+    send_sync::<Mbuf>();
+};
+
 /// Errors from building or using a [`Mempool`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MempoolError {

@@ -40,6 +40,7 @@
 
 use core::cell::Cell;
 use core::marker::PhantomData;
+use core::ops::Deref;
 
 use crossbeam_utils::CachePadded;
 
@@ -434,7 +435,18 @@ impl BufferPool {
     /// A per-lcore cache of up to `2 * size` buffers (`size` 0: every operation goes
     /// to the shared ring). Errors if `size > MAX_CACHE_SIZE` or [`MAX_CACHES`]
     /// caches are live.
-    pub fn cache(&self, size: u32) -> Result<PoolCache<'_>, RingError> {
+    pub fn cache(&self, size: u32) -> Result<PoolCache<&BufferPool>, RingError> {
+        PoolCache::new(self, size)
+    }
+}
+
+impl<P: Deref<Target = BufferPool>> PoolCache<P> {
+    /// A per-lcore cache of up to `2 * size` buffers in front of `pool`, which may be
+    /// any handle to a [`BufferPool`]: a reference (as [`BufferPool::cache`] makes),
+    /// an `Arc<BufferPool>`, or a wrapper that derefs to one (so a cache can live in a
+    /// thread-local or a struct next to the pool's owner). Errors as
+    /// [`BufferPool::cache`] does.
+    pub fn new(pool: P, size: u32) -> Result<Self, RingError> {
         if size > MAX_CACHE_SIZE {
             return Err(RingError::InvalidConfig {
                 what: "pool cache size",
@@ -442,7 +454,7 @@ impl BufferPool {
                 why: "must be at most 4096",
             });
         }
-        let slot = self
+        let slot = pool
             .cache_lens
             .iter()
             // Relaxed: the CAS only claims a counter slot; no data hangs on it.
@@ -452,7 +464,7 @@ impl BufferPool {
             })
             .ok_or(RingError::InvalidRequest("too many live pool caches"))?;
         Ok(PoolCache {
-            pool: self,
+            pool,
             slot,
             size: size as usize,
             objs: vec![0; 2 * size as usize].into_boxed_slice(),
@@ -461,6 +473,14 @@ impl BufferPool {
         })
     }
 
+    /// The pool this cache serves.
+    #[inline]
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+}
+
+impl BufferPool {
     /// Takes `out.len()` buffers straight from the shared ring, all or none.
     pub fn get_bulk(&self, out: &mut [BufRef]) -> bool {
         if !self.ring.dequeue_bulk(bytemuck::cast_slice_mut(out)) {
@@ -521,8 +541,12 @@ impl BufferPool {
 /// A per-lcore cache in front of a [`BufferPool`]: a LIFO stack of free buffer
 /// indices refilled from and flushed to the shared ring in bulk. `Send`, not `Sync`.
 /// Flushes everything back to the shared ring when dropped.
-pub struct PoolCache<'a> {
-    pool: &'a BufferPool,
+///
+/// `P` is the handle the cache holds its pool by: `&BufferPool` (from
+/// [`BufferPool::cache`]) or anything else that derefs to a [`BufferPool`], such as
+/// `Arc<BufferPool>` (from [`PoolCache::new`]).
+pub struct PoolCache<P: Deref<Target = BufferPool>> {
+    pool: P,
     /// Our slot in `pool.cache_lens`.
     slot: usize,
     /// Refill/flush target.
@@ -533,7 +557,7 @@ pub struct PoolCache<'a> {
     _not_sync: PhantomData<Cell<()>>,
 }
 
-impl core::fmt::Debug for PoolCache<'_> {
+impl<P: Deref<Target = BufferPool>> core::fmt::Debug for PoolCache<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PoolCache")
             .field("size", &self.size)
@@ -542,7 +566,7 @@ impl core::fmt::Debug for PoolCache<'_> {
     }
 }
 
-impl PoolCache<'_> {
+impl<P: Deref<Target = BufferPool>> PoolCache<P> {
     /// Buffers sitting in this cache.
     #[inline]
     pub fn len(&self) -> usize {
@@ -651,7 +675,7 @@ impl PoolCache<'_> {
     }
 }
 
-impl Drop for PoolCache<'_> {
+impl<P: Deref<Target = BufferPool>> Drop for PoolCache<P> {
     fn drop(&mut self) {
         self.flush();
         // Relaxed: frees the counter slot; `available` only sums it.
@@ -744,6 +768,24 @@ mod tests {
         assert_eq!(p.available(), 10);
         drop(c);
         assert_eq!(p.available(), 10);
+    }
+
+    #[test]
+    fn cache_over_an_arc() {
+        let p = std::sync::Arc::new(BufferPool::new(1 << 12, 64, 16, 0).unwrap());
+        let mut c = PoolCache::new(p.clone(), 4).unwrap();
+        let b = c.get().unwrap();
+        assert_eq!(c.pool().available(), 15);
+        c.put(b).unwrap();
+        // Moves to another thread with its own handle on the pool.
+        std::thread::spawn(move || {
+            let mut out = [BufRef { index: 0 }; 3];
+            assert!(c.get_bulk(&mut out));
+            c.put_bulk(&out).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(p.available(), 16);
     }
 
     #[test]

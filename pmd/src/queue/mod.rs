@@ -120,6 +120,91 @@ impl CopyFn for PlainCopy {
     fn fence(&self) {}
 }
 
+/// One queue pair of any ring mode, as a port drives it: zero-copy receive with
+/// explicit frees, zero-copy or copying transmit, one publish per burst. Implemented by
+/// [`PostedQueuePair`] and by the split/packed (virtio) queue pairs, for both the
+/// frontend and the backend role, so ports, tools and tests are written once.
+///
+/// Receive: [`rx_burst`](QueuePair::rx_burst) returns packets in place; each stays
+/// valid (and owned by the caller) until its handle is given back through
+/// [`free`](QueuePair::free) or the thread-safe [`returner`](QueuePair::returner).
+/// [`rx_ptr`](QueuePair::rx_ptr) gives its bytes. Transmit:
+/// [`tx_burst`](QueuePair::tx_burst) copies; [`alloc_tx`](QueuePair::alloc_tx) +
+/// [`tx_commit`](QueuePair::tx_commit) build packets in the peer-visible buffers.
+pub trait QueuePair: Send {
+    /// Receives up to `out.len()` packets; 0 when there are none.
+    fn rx_burst(&mut self, out: &mut [RxPkt]) -> Result<usize, QueueError>;
+    /// Pointer to the first byte of a received packet (valid until it is freed). The
+    /// bytes live in memory the peer can write: copy values out before validating them.
+    fn rx_ptr(&self, pkt: &RxPkt) -> Result<core::ptr::NonNull<u8>, QueueError>;
+    /// Gives received packets back (from the queue's own lcore).
+    fn free(&mut self, pkts: &[PktHandle]) -> Result<(), QueueError>;
+    /// A handle for freeing received packets from any thread.
+    fn returner(&self) -> PktReturner;
+    /// Copies each payload once into a peer-visible buffer and publishes the burst;
+    /// returns how many were accepted (fewer under back-pressure, never an error for
+    /// that).
+    fn tx_burst(&mut self, pkts: &[&[u8]], meta: u16) -> Result<usize, QueueError>;
+    /// Takes up to `out.len()` empty peer-visible transmit buffers.
+    fn alloc_tx(&mut self, out: &mut [TxSlot]) -> Result<usize, QueueError>;
+    /// Writes `src` at `at` inside a transmit buffer from `alloc_tx`.
+    fn tx_write(&self, slot: &TxSlot, at: usize, src: &[u8]) -> Result<(), QueueError>;
+    /// Publishes filled transmit buffers `(slot, len, meta)`; returns how many.
+    fn tx_commit(&mut self, slots: &[(TxSlot, u32, u16)]) -> Result<usize, QueueError>;
+    /// Gives unused transmit buffers back.
+    fn tx_cancel(&mut self, slots: &[TxSlot]) -> Result<(), QueueError>;
+    /// Counters.
+    fn stats(&self) -> QueueStats;
+    /// True once a peer violation broke the queue (reset to use it again).
+    fn is_broken(&self) -> bool;
+    /// Resets the queue's own state (after the peer is gone or the queue broke).
+    fn reset(&mut self) -> Result<(), QueueError>;
+}
+
+impl<L, R, C> QueuePair for PostedQueuePair<L, R, C>
+where
+    L: Mem + Send,
+    R: Mem + Send,
+    C: CopyFn + Send,
+{
+    fn rx_burst(&mut self, out: &mut [RxPkt]) -> Result<usize, QueueError> {
+        PostedQueuePair::rx_burst(self, out)
+    }
+    fn rx_ptr(&self, pkt: &RxPkt) -> Result<core::ptr::NonNull<u8>, QueueError> {
+        Ok(self.rx_mem().range_ptr(pkt.off, pkt.len as usize)?)
+    }
+    fn free(&mut self, pkts: &[PktHandle]) -> Result<(), QueueError> {
+        PostedQueuePair::free(self, pkts)
+    }
+    fn returner(&self) -> PktReturner {
+        PostedQueuePair::returner(self)
+    }
+    fn tx_burst(&mut self, pkts: &[&[u8]], meta: u16) -> Result<usize, QueueError> {
+        PostedQueuePair::tx_burst(self, pkts, meta)
+    }
+    fn alloc_tx(&mut self, out: &mut [TxSlot]) -> Result<usize, QueueError> {
+        PostedQueuePair::alloc_tx(self, out)
+    }
+    fn tx_write(&self, slot: &TxSlot, at: usize, src: &[u8]) -> Result<(), QueueError> {
+        PostedQueuePair::tx_write(self, slot, at, src)
+    }
+    fn tx_commit(&mut self, slots: &[(TxSlot, u32, u16)]) -> Result<usize, QueueError> {
+        PostedQueuePair::tx_commit(self, slots)
+    }
+    fn tx_cancel(&mut self, slots: &[TxSlot]) -> Result<(), QueueError> {
+        PostedQueuePair::tx_cancel(self, slots)
+    }
+    fn stats(&self) -> QueueStats {
+        PostedQueuePair::stats(self)
+    }
+    fn is_broken(&self) -> bool {
+        PostedQueuePair::is_broken(self)
+    }
+    fn reset(&mut self) -> Result<(), QueueError> {
+        PostedQueuePair::reset(self)
+    }
+}
+
 /// The copy engine: non-temporal stores for large payloads (one `sfence` per burst),
 /// plain stores for small ones (see [`crate::copy`]).
 impl CopyFn for crate::copy::CopyEngine {

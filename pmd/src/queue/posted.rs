@@ -527,10 +527,10 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
     /// otherwise the packets before it are sent and the count says where it stopped.
     pub fn tx_burst(&mut self, pkts: &[&[u8]], meta: u16) -> Result<usize, QueueError> {
         self.check_broken()?;
-        let r = self.tx.poll_credits();
-        self.ring(r)?;
         let want = pkts.len().min(self.max_burst);
         let inline_cap = self.layout.inline_capacity() as usize;
+        let buffered = pkts[..want].iter().filter(|p| p.len() > inline_cap).count();
+        self.refill_credits(buffered)?;
         let max = self.max_len();
         let mut i = 0;
         let mut bytes = 0u64;
@@ -639,14 +639,33 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
         Ok(n)
     }
 
+    /// Reads every credit the receiver granted since the last poll; returns the credits
+    /// now cached. The transmit calls do this by themselves when a burst needs more
+    /// credits than are cached.
+    pub fn poll_credits(&mut self) -> Result<usize, QueueError> {
+        self.check_broken()?;
+        let r = self.tx.poll_credits();
+        self.ring(r)
+    }
+
+    /// Reads newly granted credits, but only when fewer than `needed` are cached: each
+    /// poll touches the credit line the receiver writes (a cross-core transfer even
+    /// though it is local memory), so a burst that is already covered skips it.
+    fn refill_credits(&mut self, needed: usize) -> Result<(), QueueError> {
+        if needed > 0 && (self.tx.credits_held() as usize) < needed {
+            let r = self.tx.poll_credits();
+            self.ring(r)?;
+        }
+        Ok(())
+    }
+
     /// Zero-copy transmit, step 1: hands out up to `out.len()` (at most
     /// [`max_burst`](Self::max_burst)) credited buffers in the peer's memory. Each
     /// also reserves a slot. Returns how many (0: no credits or no slots).
     pub fn alloc_tx(&mut self, out: &mut [TxSlot]) -> Result<usize, QueueError> {
         self.check_broken()?;
-        let r = self.tx.poll_credits();
-        self.ring(r)?;
         let want = out.len().min(self.max_burst);
+        self.refill_credits(want)?;
         let mut n = 0;
         while n < want {
             let r = self.tx.alloc();

@@ -990,7 +990,7 @@ impl Drop for QueueHandle {
 
 enum Control {
     Fe(Box<Frontend>),
-    Be(Backend),
+    Be(Box<Backend>),
 }
 
 impl Control {
@@ -1248,7 +1248,7 @@ impl Port {
     fn make_control(&self) -> Result<Control, PortError> {
         let n = self.layout.queues() as usize;
         Ok(match self.cfg.role {
-            Role::Backend => Control::Be(Backend::new(
+            Role::Backend => Control::Be(Box::new(Backend::new(
                 self.config.clone(),
                 &BackendConfig {
                     device_type: 1,
@@ -1257,7 +1257,7 @@ impl Port {
                     queues: vec![QueueConfig::symmetric(self.layout.ring().slots() as u16); n],
                     timing: self.cfg.timing,
                 },
-            )?),
+            )?)),
             Role::Frontend => Control::Fe(Box::new(Frontend::new(
                 self.config.clone(),
                 &FrontendConfig {

@@ -110,7 +110,7 @@ impl Traffic {
             p[..8].copy_from_slice(&(self.next_tx + i as u64).to_le_bytes());
         }
         let refs: [&[u8]; 16] = core::array::from_fn(|i| {
-            let len = if (self.next_tx + i as u64) % 2 == 0 {
+            let len = if (self.next_tx + i as u64).is_multiple_of(2) {
                 64
             } else {
                 600
@@ -124,7 +124,7 @@ impl Traffic {
             assert_eq!(m.copy_out(0, &mut b), 8, "short packet");
             let seq = u64::from_le_bytes(b);
             assert_eq!(seq, self.next_rx, "sequence gap or reorder");
-            let want = if seq % 2 == 0 { 64 } else { 600 };
+            let want = if seq.is_multiple_of(2) { 64 } else { 600 };
             assert_eq!(m.len(), want, "length of packet {seq}");
             self.next_rx += 1;
         }

@@ -52,7 +52,7 @@ fn sender() -> Result<(), Box<dyn std::error::Error>> {
     while sent < COUNT {
         // Every 64 loops, run the control plane (heartbeats, peer loss).
         loops += 1;
-        if loops % 64 == 0 {
+        if loops.is_multiple_of(64) {
             port.poll_control(Instant::now())?;
         }
         for (i, p) in pkts.iter_mut().enumerate() {
@@ -93,7 +93,7 @@ fn receiver(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     while got < COUNT {
         polls += 1;
-        if polls % 64 == 0 {
+        if polls.is_multiple_of(64) {
             port.poll_control(Instant::now())?;
         }
         match queue.rx_burst(&mut rx, 32) {

@@ -35,7 +35,7 @@
 //! [`Port::poll_control`] (call it every N bursts from one lcore; it costs a few
 //! loads and maybe one heartbeat store) runs the control state machine. When the link
 //! goes down (peer lost, restarted, reset asked, or [`Port::stop`]) it bumps the
-//! *link epoch* in [`LinkShared`]; every queue handle loads that word once per burst
+//! *link epoch* in `LinkShared`; every queue handle loads that word once per burst
 //! (one Acquire load of a process-local line that is written only on link changes),
 //! and on a change resets its queue pair: held packets and zero-copy slots of the old
 //! epoch become stale (they are dropped without touching the rings), every buffer is

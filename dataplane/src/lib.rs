@@ -9,6 +9,8 @@
 //!   metadata, `prepend`/`append`/`adj`/`trim`; freed on drop or in bulk).
 //! - [`lcore`]: one pinned thread per core from a `"0-3,6"` list ([`Lcores`]), and the
 //!   busy-poll loop ([`poll_loop`], [`Poller`], [`Backoff`]).
+//! - [`port`]: a link to a peer over a window ([`Port`]: control plane, queue
+//!   handles with zero-copy `rx_burst`/`tx_burst`, peer loss and re-attach).
 //! - [`stats`]: per-lcore single-writer counters over the heap or a window area
 //!   ([`Stats`], [`Rates`]).
 //! - [`probe`]: the core placement probe the benchmarks print.
@@ -31,6 +33,7 @@
 pub mod lcore;
 pub mod mbuf;
 pub mod mempool;
+pub mod port;
 pub mod probe;
 pub mod stats;
 #[doc(hidden)]
@@ -39,6 +42,10 @@ pub mod testing;
 pub use lcore::{parse_cores, poll_loop, Backoff, LcoreCtx, LcoreError, Lcores, Poller, Work};
 pub use mbuf::{free_bulk, Mbuf, MbufBurst, MbufError};
 pub use mempool::{Mempool, MempoolConfig, MempoolError};
+pub use port::{
+    free_rx_bulk, DownReason, LinkChange, LinkStatus, Port, PortConfig, PortError, PortStats,
+    QueueCounters, QueueHandle, RingKind, Role, RxMbuf, TxBuf,
+};
 pub use stats::{Counters, LcoreStats, Rates, Snapshot, Stats, StatsError};
 
 pub use pmd;

@@ -134,3 +134,91 @@ fn fast_path_makes_zero_allocations() {
         "the mempool holds every buffer again"
     );
 }
+
+/// A posted port pair in two threads (each with its own port and control poll):
+/// copying and zero-copy transmit on one side, rx_burst and all three free paths on
+/// the other, 1M packets after start-up: 0 allocations.
+#[test]
+fn port_fast_path_makes_zero_allocations() {
+    use dataplane::pmd::window::WindowSpec;
+    use dataplane::port::{free_rx_bulk, Port, PortConfig, Role};
+
+    let path = std::path::PathBuf::from(format!("/dev/shm/zh-noalloc-port-{}", std::process::id()));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut ca = PortConfig::new(WindowSpec::Shm(path.clone()), Role::Backend);
+    ca.ring_size = 256;
+    let cb = PortConfig::new(WindowSpec::Shm(path), Role::Frontend);
+    let mut a = Port::create(&ca).unwrap();
+    let mut b = Port::attach(&cb).unwrap();
+
+    let sender = std::thread::spawn(move || {
+        a.start().unwrap();
+        let mut q = a.queue(0).unwrap();
+        let payload = [0x5au8; 200];
+        let mut zc = Vec::with_capacity(BURST);
+        let (mut sent, mut iter, mut start) = (0u64, 0u64, 0);
+        while sent < PACKETS {
+            if sent >= WARM && start == 0 {
+                start = testing::thread_allocs();
+            }
+            iter += 1;
+            if iter % 64 == 0 {
+                a.poll_control(Instant::now()).unwrap();
+            }
+            let n = if iter & 1 == 0 {
+                let pkts = [&payload[..]; BURST];
+                q.tx_burst(&pkts).unwrap()
+            } else {
+                q.alloc_tx(&mut zc, BURST).unwrap();
+                for t in zc.iter_mut() {
+                    q.write(t, &payload[..64]).unwrap();
+                }
+                q.commit(&mut zc).unwrap()
+            };
+            sent += n as u64;
+            if n == 0 {
+                assert!(Instant::now() < deadline, "receiver stalled");
+                std::thread::yield_now();
+            }
+        }
+        let allocs = testing::thread_allocs() - start;
+        // Keep the port (and its control plane) alive until the receiver is done.
+        (allocs, a, q)
+    });
+    let receiver = std::thread::spawn(move || {
+        b.start().unwrap();
+        let mut q = b.queue(0).unwrap();
+        let mut v = Vec::with_capacity(BURST);
+        let (mut got, mut iter, mut start) = (0u64, 0u64, 0);
+        while got < PACKETS {
+            if got >= WARM && start == 0 {
+                start = testing::thread_allocs();
+            }
+            iter += 1;
+            if iter % 64 == 0 {
+                b.poll_control(Instant::now()).unwrap();
+            }
+            let n = q.rx_burst(&mut v, BURST).unwrap();
+            if n == 0 {
+                assert!(Instant::now() < deadline, "sender stalled");
+                std::thread::yield_now();
+                continue;
+            }
+            got += n as u64;
+            assert!(v.iter().all(|m| m.data()[0] == 0x5a));
+            match iter % 3 {
+                0 => q.free(&mut v),
+                1 => free_rx_bulk(&mut v),
+                _ => v.truncate(0), // one by one, through Drop
+            }
+        }
+        let allocs = testing::thread_allocs() - start;
+        assert_eq!(q.rx_outstanding(), 0);
+        (allocs, b, q)
+    });
+    let (received, b, qb) = receiver.join().unwrap();
+    let (sent, a, qa) = sender.join().unwrap();
+    assert_eq!(sent, 0, "sender allocated on the fast path");
+    assert_eq!(received, 0, "receiver allocated on the fast path");
+    drop((qa, qb, a, b));
+}

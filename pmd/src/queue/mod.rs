@@ -159,6 +159,12 @@ pub trait QueuePair: Send {
     fn is_broken(&self) -> bool;
     /// Resets the queue's own state (after the peer is gone or the queue broke).
     fn reset(&mut self) -> Result<(), QueueError>;
+    /// After a [`reset`](QueuePair::reset) on both sides: makes this side's receive
+    /// buffers available to the peer again (posted: grants every credit). The default
+    /// does nothing (modes whose reset already republishes their buffers).
+    fn start(&mut self) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 impl<L, R, C> QueuePair for PostedQueuePair<L, R, C>
@@ -202,6 +208,9 @@ where
     }
     fn reset(&mut self) -> Result<(), QueueError> {
         PostedQueuePair::reset(self)
+    }
+    fn start(&mut self) -> Result<(), QueueError> {
+        PostedQueuePair::start(self)
     }
 }
 

@@ -250,6 +250,21 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
         max_burst: usize,
         copy: C,
     ) -> Result<Self, QueueError> {
+        let mut q = Self::with_copy_stopped(areas, layout, max_burst, copy)?;
+        q.start()?;
+        Ok(q)
+    }
+
+    /// As [`with_copy`](Self::with_copy) but grants no credits: nothing is written to
+    /// the peer's memory until [`start`](Self::start). A port uses it to attach while
+    /// the peer's side may still hold an older session's state (it resets first, and
+    /// starts once the control-plane handshake says the peer has reset too).
+    pub fn with_copy_stopped(
+        areas: SideAreas<L, R>,
+        layout: PostedLayout,
+        max_burst: usize,
+        copy: C,
+    ) -> Result<Self, QueueError> {
         let SideAreas {
             local_tx,
             local_rx,
@@ -267,7 +282,7 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
         // one per buffer.
         let returns = Arc::new(IndexRing::new(layout.slots() + layout.buffers().max(1))?);
         let cap = returns.capacity() as usize;
-        let mut q = PostedQueuePair {
+        Ok(PostedQueuePair {
             tx,
             rx,
             copy,
@@ -287,9 +302,7 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
             run: Vec::with_capacity(max_burst),
             stats: QueueStats::default(),
             broken: false,
-        };
-        q.start()?;
-        Ok(q)
+        })
     }
 
     /// Grants every receive buffer not yet credited (done by the constructor; call it

@@ -5,6 +5,8 @@
 //! and a latency histogram.
 
 mod demo;
+mod latency;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +32,8 @@ struct Cli {
 enum Cmd {
     /// Move entries through each ring mode between two processes on this host.
     Demo(DemoArgs),
+    /// Print latency percentiles of saved runs side by side and plot them (.svg).
+    Report(report::ReportArgs),
     /// The peer process of `demo` (started by it; not for direct use).
     #[command(hide = true)]
     DemoPeer {
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         None => run_demo(DemoArgs::default()),
         Some(Cmd::Demo(a)) => run_demo(a),
+        Some(Cmd::Report(a)) => report::run(&a),
         Some(Cmd::DemoPeer { window, params }) => {
             ExitCode::from(demo::run_peer(&window, &params) as u8)
         }

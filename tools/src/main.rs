@@ -6,6 +6,7 @@
 
 mod demo;
 mod latency;
+mod pipeline;
 mod report;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Cmd {
     Demo(DemoArgs),
     /// Print latency percentiles of saved runs side by side and plot them (.svg).
     Report(report::ReportArgs),
+    /// Per-core pipelines from a config file.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCmd),
     /// The peer process of `demo` (started by it; not for direct use).
     #[command(hide = true)]
     DemoPeer {
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
         None => run_demo(DemoArgs::default()),
         Some(Cmd::Demo(a)) => run_demo(a),
         Some(Cmd::Report(a)) => report::run(&a),
+        Some(Cmd::Pipeline(c)) => pipeline::run(&c),
         Some(Cmd::DemoPeer { window, params }) => {
             ExitCode::from(demo::run_peer(&window, &params) as u8)
         }

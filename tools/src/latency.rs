@@ -526,7 +526,7 @@ mod tests {
     fn write_fixtures() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         std::fs::create_dir_all(&dir).unwrap();
-        // Two made-up but plausible runs: a tight one and one with a longer tail.
+        // Two synthetic (made-up, not measured) runs: a tight one and one with a longer tail.
         // xorshift: deterministic without a rand dependency.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
@@ -535,7 +535,7 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for (name, base, tail) in [("split", 600u64, 40u64), ("posted", 450, 400)] {
+        for (name, base, tail) in [("sample_a", 600u64, 40u64), ("sample_b", 450, 400)] {
             let mut h = hist();
             for _ in 0..200_000 {
                 let r = next();

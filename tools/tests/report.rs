@@ -30,8 +30,8 @@ fn two_runs_table_and_svg() {
     let out = dir.join("cmp.svg");
     let o = zerohop(&[
         "report".as_ref(),
-        data("split.hgrm").as_os_str(),
-        data("posted.hgrm").as_os_str(),
+        data("sample_a.hgrm").as_os_str(),
+        data("sample_b.hgrm").as_os_str(),
         "--labels".as_ref(),
         "before,after".as_ref(),
         "--plot".as_ref(),
@@ -66,7 +66,7 @@ fn json_inputs_and_json_output() {
     .unwrap();
     let o = zerohop(&[
         "report".as_ref(),
-        data("split.json").as_os_str(),
+        data("sample_a.json").as_os_str(),
         testpmd.as_os_str(),
         "--json".as_ref(),
     ]);
@@ -108,7 +108,7 @@ fn bad_inputs_fail_clearly() {
     fails(
         &[
             "report".as_ref(),
-            data("split.hgrm").as_os_str(),
+            data("sample_a.hgrm").as_os_str(),
             "--plot".as_ref(),
             png.as_os_str(),
         ],
@@ -118,7 +118,7 @@ fn bad_inputs_fail_clearly() {
     fails(
         &[
             "report".as_ref(),
-            data("split.hgrm").as_os_str(),
+            data("sample_a.hgrm").as_os_str(),
             "--labels".as_ref(),
             "a,b".as_ref(),
             "--plot".as_ref(),

@@ -397,13 +397,6 @@ fn validate(src: &Src, c: &Config, online: &[usize]) -> Result<(), ConfigError> 
             "no [[port]] table (expected at least one port)",
         ));
     }
-    if c.lcore.is_empty() {
-        return Err(src.err(
-            0..0,
-            "lcore",
-            "no [[lcore]] table (expected at least one lcore)",
-        ));
-    }
     // Ports.
     let mut ports: HashMap<&str, (usize, u32)> = HashMap::new();
     for (i, p) in c.port.iter().enumerate() {
@@ -510,6 +503,13 @@ fn validate(src: &Src, c: &Config, online: &[usize]) -> Result<(), ConfigError> 
                 format!("{size} is not a power of two from 2 to 65536"),
             ));
         }
+    }
+    if c.lcore.is_empty() {
+        return Err(src.err(
+            0..0,
+            "lcore",
+            "no [[lcore]] table (expected at least one lcore)",
+        ));
     }
     // Lcores and stages.
     let mut cpus: HashMap<usize, usize> = HashMap::new();

@@ -282,30 +282,63 @@ impl Src<'_> {
             .map_or(self.text.len(), |i| at + i);
         let before = &self.text[line_start..at];
         let is_key = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-        let key: String = if let Some(eq) = before.rfind('=') {
-            // The span is a value: the key is the word before the '='.
-            let k = before[..eq].trim_end();
-            let start = k.rfind(|c: char| !is_key(c)).map_or(0, |i| i + 1);
-            k[start..].to_owned()
-        } else {
-            // The span is a key (unknown field): the word at the span.
-            self.text[at..line_end]
-                .chars()
-                .take_while(|&c| is_key(c))
-                .collect()
+        // The span is a key (`key = ..`, e.g. an unknown field), or a value whose key is
+        // the word before the last '=' on its line.
+        let word: String = self.text[at..line_end]
+            .chars()
+            .take_while(|&c| is_key(c))
+            .collect();
+        let at_key = self.text[at + word.len()..line_end]
+            .trim_start()
+            .starts_with('=');
+        let key = match before.rfind('=') {
+            Some(eq) if !at_key || word.is_empty() => {
+                let k = before[..eq].trim_end();
+                let start = k.rfind(|c: char| !is_key(c)).map_or(0, |i| i + 1);
+                k[start..].to_owned()
+            }
+            _ => word,
         };
-        // The enclosing [[table]] and its index.
+        // The enclosing [[table]] and its index (the span's own line counts: a missing
+        // field points at the table's header).
         let mut table = String::new();
+        let mut table_end = 0;
         let mut counts: HashMap<String, usize> = HashMap::new();
-        for l in self.text[..line_start].lines() {
+        let mut offset = 0;
+        for l in self.text[..line_end].split_inclusive('\n') {
+            offset += l.len();
+            if offset > line_start && !l.trim_start().starts_with('[') {
+                break;
+            }
             let t = l.trim();
             if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+                table_end = offset;
                 let name = name.trim().to_owned();
                 let n = counts.entry(name.clone()).or_insert(0);
                 table = format!("{name}[{n}]");
                 *n += 1;
             } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+                table_end = offset;
                 table = name.trim().to_owned();
+            }
+        }
+        // Inside `stages = [ {..}, {..} ]`: which inline table.
+        let section = &self.text[table_end.min(at)..at];
+        if let Some(pos) = section.rfind("stages") {
+            let after = section[pos + "stages".len()..].trim_start();
+            if let Some(list) = after.strip_prefix('=').map(str::trim_start) {
+                if let Some(items) = list.strip_prefix('[') {
+                    let n = items.matches('{').count();
+                    let closed = items.contains(']');
+                    if n > 0 && !closed {
+                        let stage = format!("stages[{}]", n - 1);
+                        table = if table.is_empty() {
+                            stage
+                        } else {
+                            format!("{table}.{stage}")
+                        };
+                    }
+                }
             }
         }
         match (table.is_empty(), key.is_empty()) {
@@ -338,7 +371,18 @@ pub fn parse(file: &Path, text: &str, online: &[usize]) -> Result<Config, Config
     let src = Src { file, text };
     let config: Config = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        let field = src.field_at(span.start);
+        let mut field = src.field_at(span.start);
+        if let Some(name) = e
+            .message()
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
+            field = if field.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{field}.{name}")
+            };
+        }
         src.err(span, field, expectation(e.message()))
     })?;
     validate(&src, &config, online)?;

@@ -244,6 +244,27 @@ stages = [
                 "unknown variant",
             ),
             (
+                "buf_size = 2048\n",
+                "",
+                2,
+                "port[0].buf_size",
+                "missing field `buf_size`",
+            ),
+            (
+                "fn = \"macswap\"",
+                "fn = \"macswap\", colour = 2",
+                19,
+                "lcore[0].stages[1].colour",
+                "unknown field `colour`",
+            ),
+            (
+                "fn = \"macswap\"",
+                "fn = \"swap\"",
+                19,
+                "lcore[0].stages[1].fn",
+                "unknown variant",
+            ),
+            (
                 "role = \"backend\"",
                 "role = \"backend\"\nwindow_size = \"64K\"",
                 7,

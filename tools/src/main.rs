@@ -5,6 +5,9 @@
 //! and a latency histogram.
 
 mod demo;
+mod latency;
+mod pipeline;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +33,11 @@ struct Cli {
 enum Cmd {
     /// Move entries through each ring mode between two processes on this host.
     Demo(DemoArgs),
+    /// Print latency percentiles of saved runs side by side and plot them (.svg).
+    Report(report::ReportArgs),
+    /// Per-core pipelines from a config file.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCmd),
     /// The peer process of `demo` (started by it; not for direct use).
     #[command(hide = true)]
     DemoPeer {
@@ -156,6 +164,8 @@ fn main() -> ExitCode {
     match cli.cmd {
         None => run_demo(DemoArgs::default()),
         Some(Cmd::Demo(a)) => run_demo(a),
+        Some(Cmd::Report(a)) => report::run(&a),
+        Some(Cmd::Pipeline(c)) => pipeline::run(&c),
         Some(Cmd::DemoPeer { window, params }) => {
             ExitCode::from(demo::run_peer(&window, &params) as u8)
         }

@@ -10,6 +10,10 @@
 //!   [`CopyFn`].
 //! - [`layout`]: [`PostedLinkLayout`], which places both sides' areas of N queue pairs
 //!   in one window, records them in the window header and opens one side.
+//! - [`virtio`]: [`VirtioFrontend`] and [`VirtioBackend`], split and packed (virtio
+//!   1.x) queue pairs for the driver and the device role, one implementation over
+//!   [`virtio::RingKind`]; [`virtio_layout`]: [`VirtioLinkLayout`] places them in a
+//!   window.
 //! - [`testpkt`]: test-pattern packets (sequence number + checksum) and a duplex
 //!   traffic loop, shared by the tests, benches and tools.
 //!
@@ -21,12 +25,18 @@ use rings::{Mem, MemError, RingError};
 pub mod layout;
 pub mod posted;
 pub mod testpkt;
+pub mod virtio;
+pub mod virtio_layout;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod virtio_tests;
 
 pub use layout::{PostedLinkLayout, Side, SideAreas};
 pub use posted::{PktHandle, PktReturner, PostedQueuePair, QueueStats, RxPkt, TxSlot};
+pub use virtio::{Packed, RingMode, Split, VirtioAreas, VirtioBackend, VirtioFrontend};
+pub use virtio_layout::VirtioLinkLayout;
 
 /// Default burst size (GUIDE.md section 4).
 pub const DEFAULT_BURST: usize = 32;
@@ -79,13 +89,27 @@ pub enum QueueError {
     /// Creating or opening the window header failed.
     #[error(transparent)]
     Window(#[from] crate::window::WindowError),
+    /// The peer broke the queue pair's protocol above the ring (a split/packed chain
+    /// of the wrong shape, a length shorter than the packet header): a peer violation,
+    /// the queue is broken until reset.
+    #[error("peer protocol violation: {what} ({value})")]
+    Protocol {
+        /// What is wrong.
+        what: &'static str,
+        /// The offending value.
+        value: u64,
+    },
 }
 
 impl QueueError {
     /// True if the error means the peer violated the ring protocol (the queue is
     /// broken until reset).
     pub fn is_peer_violation(&self) -> bool {
-        matches!(self, QueueError::Ring(e) if e.is_peer_violation())
+        match self {
+            QueueError::Ring(e) => e.is_peer_violation(),
+            QueueError::Protocol { .. } => true,
+            _ => false,
+        }
     }
 }
 

@@ -118,6 +118,15 @@ impl Default for TxSlot {
 }
 
 impl TxSlot {
+    /// A slot for the queue implementations of this module tree.
+    pub(crate) fn new(index: u32, off: usize, cap: u32, ptr: NonNull<u8>) -> Self {
+        TxSlot {
+            index,
+            off,
+            cap,
+            ptr,
+        }
+    }
     /// Receive buffer index in the peer's rx area.
     #[inline]
     pub fn index(&self) -> u32 {
@@ -154,6 +163,10 @@ pub struct PktReturner {
 }
 
 impl PktReturner {
+    /// A returner over `ring` (the queue drains it at its next `rx_burst`).
+    pub(crate) fn new(ring: Arc<IndexRing>) -> Self {
+        PktReturner { ring }
+    }
     /// Queues `pkts` for freeing at the next `rx_burst`. All or nothing: `false` only
     /// when the ring is full, which valid handles cannot cause (it holds every handle
     /// that can be outstanding at once), so `false` means double frees.
@@ -359,9 +372,7 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
     }
     /// A handle-return path for other threads.
     pub fn returner(&self) -> PktReturner {
-        PktReturner {
-            ring: self.returns.clone(),
-        }
+        PktReturner::new(self.returns.clone())
     }
     /// Slots polled but not yet released to the sender (held inline packets and every
     /// slot after the first of them).

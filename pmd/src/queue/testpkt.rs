@@ -1,4 +1,5 @@
-//! Test-pattern packets and a duplex traffic loop over a [`PostedQueuePair`].
+//! Test-pattern packets and a duplex traffic loop over any queue pair ([`TestQueue`]:
+//! a [`QueuePair`] whose received bytes can be read through its memory).
 //!
 //! A packet of `len >= 16` bytes:
 //!
@@ -20,7 +21,51 @@ use std::time::{Duration, Instant};
 
 use rings::Mem;
 
-use super::{CopyFn, PktHandle, PostedQueuePair, RxPkt, TxSlot};
+use super::virtio::{RingKind, VirtioBackend, VirtioFrontend};
+use super::{CopyFn, PktHandle, PostedQueuePair, QueueError, QueuePair, RxPkt, TxSlot};
+
+/// A [`QueuePair`] [`run_duplex`] can drive: it reads received bytes through the
+/// queue's own memory (so instrumented memory counts them).
+pub trait TestQueue: QueuePair {
+    /// Copies the first `dst.len()` bytes of a received packet into `dst`.
+    fn read_rx(&self, pkt: &RxPkt, dst: &mut [u8]) -> Result<(), QueueError>;
+    /// Largest burst one call handles.
+    fn burst_limit(&self) -> usize;
+    /// Smallest payload worth a zero-copy buffer (posted: above the inline capacity).
+    fn zero_copy_min(&self) -> usize {
+        0
+    }
+}
+
+impl<L: Mem + Send, R: Mem + Send, C: CopyFn + Send> TestQueue for PostedQueuePair<L, R, C> {
+    fn read_rx(&self, pkt: &RxPkt, dst: &mut [u8]) -> Result<(), QueueError> {
+        Ok(self.rx_mem().read_bytes(pkt.off, dst)?)
+    }
+    fn burst_limit(&self) -> usize {
+        self.max_burst()
+    }
+    fn zero_copy_min(&self) -> usize {
+        self.layout().inline_capacity() as usize + 1
+    }
+}
+
+impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> TestQueue for VirtioFrontend<K, M, C> {
+    fn read_rx(&self, pkt: &RxPkt, dst: &mut [u8]) -> Result<(), QueueError> {
+        Ok(self.data().read_bytes(pkt.off, dst)?)
+    }
+    fn burst_limit(&self) -> usize {
+        self.max_burst()
+    }
+}
+
+impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> TestQueue for VirtioBackend<K, M, C> {
+    fn read_rx(&self, pkt: &RxPkt, dst: &mut [u8]) -> Result<(), QueueError> {
+        Ok(self.data().read_bytes(pkt.off, dst)?)
+    }
+    fn burst_limit(&self) -> usize {
+        self.max_burst()
+    }
+}
 
 /// Smallest test packet (sequence number + checksum).
 pub const MIN_LEN: usize = 16;
@@ -151,14 +196,11 @@ impl TrafficReport {
 
 /// Sends and receives `t.count` packets on `q` in one polling loop (see the module
 /// docs); yields the CPU after 64 idle iterations.
-pub fn run_duplex<L: Mem, R: Mem, C: CopyFn>(
-    q: &mut PostedQueuePair<L, R, C>,
-    t: &Traffic,
-) -> TrafficReport {
+pub fn run_duplex<Q: TestQueue + ?Sized>(q: &mut Q, t: &Traffic) -> TrafficReport {
     let start = Instant::now();
     let deadline = start + t.deadline;
-    let burst = t.burst.clamp(1, q.max_burst());
-    let inline_cap = q.layout().inline_capacity() as usize;
+    let burst = t.burst.clamp(1, q.burst_limit());
+    let zc_min = q.zero_copy_min();
     let max_size = t
         .sizes
         .iter()
@@ -171,7 +213,7 @@ pub fn run_duplex<L: Mem, R: Mem, C: CopyFn>(
     let mut pkts = vec![RxPkt::default(); burst];
     let mut frees: Vec<PktHandle> = Vec::with_capacity(burst);
     let mut held: Vec<PktHandle> = Vec::with_capacity(t.hold_max + burst);
-    let mut scratch = vec![0u8; q.layout().buf_size().max(inline_cap as u32) as usize];
+    let mut scratch = vec![0u8; max_size];
     let mut arena: Vec<Vec<u8>> = (0..burst).map(|_| vec![0u8; max_size]).collect();
     let mut slots = vec![TxSlot::default(); burst];
     let mut commits: Vec<(TxSlot, u32, u16)> = Vec::with_capacity(burst);
@@ -203,8 +245,7 @@ pub fn run_duplex<L: Mem, R: Mem, C: CopyFn>(
         frees.clear();
         for p in &pkts[..n] {
             let len = p.len as usize;
-            let ok =
-                len <= scratch.len() && q.rx_mem().read_bytes(p.off, &mut scratch[..len]).is_ok();
+            let ok = len <= scratch.len() && q.read_rx(p, &mut scratch[..len]).is_ok();
             match ok.then(|| verify(&scratch[..len])).flatten() {
                 Some(seq) => {
                     if len != t.size(seq) || (p.meta != META_COPY && p.meta != META_ZC) {
@@ -259,7 +300,7 @@ pub fn run_duplex<L: Mem, R: Mem, C: CopyFn>(
             // Zero-copy only for a run of buffer-sized packets.
             let run = if zc {
                 (0..left)
-                    .take_while(|&k| t.size(rep.sent + k as u64) > inline_cap)
+                    .take_while(|&k| t.size(rep.sent + k as u64) >= zc_min)
                     .count()
             } else {
                 0
@@ -315,8 +356,8 @@ pub fn run_duplex<L: Mem, R: Mem, C: CopyFn>(
 }
 
 /// One zero-copy burst: alloc, build each packet in place, commit.
-fn tx_zero_copy<L: Mem, R: Mem, C: CopyFn>(
-    q: &mut PostedQueuePair<L, R, C>,
+fn tx_zero_copy<Q: TestQueue + ?Sized>(
+    q: &mut Q,
     t: &Traffic,
     first: u64,
     slots: &mut [TxSlot],

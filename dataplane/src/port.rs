@@ -77,8 +77,8 @@ use crossbeam_utils::CachePadded;
 use pmd::control::{Backend, BackendConfig, Event, Frontend, FrontendConfig, Timing};
 use pmd::copy::CopyEngine;
 use pmd::queue::{
-    PktHandle, PktReturner, PostedLinkLayout, PostedQueuePair, QueueError, QueuePair, RxPkt, Side,
-    TxSlot, MAX_BURST,
+    Packed, PktHandle, PktReturner, PostedLinkLayout, PostedQueuePair, QueueError, QueuePair,
+    RxPkt, Side, Split, TxSlot, VirtioLinkLayout, MAX_BURST,
 };
 use pmd::window::{
     create_spec, init_header, open_header, open_spec, OpenOptions, Window, WindowError, WindowSpec,
@@ -113,9 +113,9 @@ pub enum Role {
 pub enum RingKind {
     /// zerohop's posted ring (the default).
     Posted,
-    /// virtio split virtqueue (not wired into ports yet: [`PortError::Unsupported`]).
+    /// virtio 1.x split virtqueues (rings and buffers in the frontend's memory).
     Split,
-    /// virtio packed virtqueue (not wired into ports yet: [`PortError::Unsupported`]).
+    /// virtio 1.x packed virtqueues (rings and buffers in the frontend's memory).
     Packed,
 }
 
@@ -194,9 +194,6 @@ impl DownReason {
 /// Everything a port can report.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    /// A feature not available in ports yet (split/packed ring modes).
-    #[error("unsupported: {0}")]
-    Unsupported(&'static str),
     /// A configuration value out of range.
     #[error("invalid port config: {what} = {value}")]
     InvalidConfig {
@@ -1020,7 +1017,7 @@ impl Control {
 pub struct Port {
     cfg: PortConfig,
     window: Arc<dyn Window>,
-    layout: PostedLinkLayout,
+    layout: LinkLayout,
     config: Region,
     ctl: Option<Control>,
     link: Arc<LinkShared>,
@@ -1045,15 +1042,144 @@ impl core::fmt::Debug for Port {
     }
 }
 
-fn check_ring(kind: RingKind) -> Result<(), PortError> {
-    match kind {
-        RingKind::Posted => Ok(()),
-        RingKind::Split => Err(PortError::Unsupported(
-            "split ring ports (the split QueuePair is not available yet)",
-        )),
-        RingKind::Packed => Err(PortError::Unsupported(
-            "packed ring ports (the packed QueuePair is not available yet)",
-        )),
+/// The queue layout of a port's window, for any ring mode.
+#[derive(Clone, Debug)]
+enum LinkLayout {
+    Posted(PostedLinkLayout),
+    Virtio(VirtioLinkLayout),
+}
+
+impl LinkLayout {
+    /// The layout `cfg` asks for.
+    fn new(cfg: &PortConfig) -> Result<LinkLayout, PortError> {
+        let virtio = |mode| -> Result<LinkLayout, PortError> {
+            let size = u16::try_from(cfg.ring_size).map_err(|_| PortError::InvalidConfig {
+                what: "ring_size",
+                value: cfg.ring_size as u64,
+            })?;
+            Ok(LinkLayout::Virtio(VirtioLinkLayout::new(
+                mode,
+                size,
+                cfg.buf_size,
+                cfg.queues,
+            )?))
+        };
+        match cfg.ring {
+            RingKind::Posted => {
+                let ring = PostedLayout::new(cfg.ring_size, SLOT_SIZE, cfg.ring_size, cfg.buf_size)
+                    .map_err(QueueError::from)?;
+                Ok(LinkLayout::Posted(PostedLinkLayout::new(ring, cfg.queues)?))
+            }
+            RingKind::Split => virtio(pmd::queue::RingMode::Split),
+            RingKind::Packed => virtio(pmd::queue::RingMode::Packed),
+        }
+    }
+
+    /// The layout a window's header describes (posted if it has posted ring areas).
+    fn from_header(info: &rings::header::HeaderInfo) -> Result<LinkLayout, PortError> {
+        if info.find(AreaKind::PostedRing).is_some() {
+            Ok(LinkLayout::Posted(PostedLinkLayout::from_header(info)?))
+        } else {
+            Ok(LinkLayout::Virtio(VirtioLinkLayout::from_header(info)?))
+        }
+    }
+
+    fn kind(&self) -> RingKind {
+        match self {
+            LinkLayout::Posted(_) => RingKind::Posted,
+            LinkLayout::Virtio(v) => match v.mode() {
+                pmd::queue::RingMode::Split => RingKind::Split,
+                pmd::queue::RingMode::Packed => RingKind::Packed,
+            },
+        }
+    }
+
+    /// The ring mode as the control plane announces it.
+    fn control_mode(&self) -> RingMode {
+        match self.kind() {
+            RingKind::Posted => RingMode::Posted,
+            RingKind::Split => RingMode::Split,
+            RingKind::Packed => RingMode::Packed,
+        }
+    }
+
+    fn queues(&self) -> u16 {
+        match self {
+            LinkLayout::Posted(l) => l.queues(),
+            LinkLayout::Virtio(l) => l.queues(),
+        }
+    }
+
+    fn window_size(&self) -> usize {
+        match self {
+            LinkLayout::Posted(l) => l.window_size(),
+            LinkLayout::Virtio(l) => l.window_size(),
+        }
+    }
+
+    fn header_areas(&self) -> Vec<Area> {
+        match self {
+            LinkLayout::Posted(l) => l.header_areas(),
+            LinkLayout::Virtio(l) => l.header_areas(),
+        }
+    }
+
+    /// Entries per ring.
+    fn ring_size(&self) -> u32 {
+        match self {
+            LinkLayout::Posted(l) => l.ring().slots(),
+            LinkLayout::Virtio(l) => l.geometry().ring_size as u32,
+        }
+    }
+
+    /// Bytes per packet buffer.
+    fn buf_size(&self) -> u32 {
+        match self {
+            LinkLayout::Posted(l) => l.ring().buf_size(),
+            LinkLayout::Virtio(l) => l.geometry().buf_size,
+        }
+    }
+
+    /// Queue pair `q` for this side. Posted rings are symmetric (the creator is side
+    /// A); a virtio queue pair is the driver half on the frontend and the device half
+    /// on the backend, whichever side created the window.
+    fn open_queue(
+        &self,
+        window: &dyn Window,
+        created: bool,
+        role: Role,
+        q: u16,
+        burst: usize,
+    ) -> Result<Box<dyn QueuePair>, PortError> {
+        let copy = CopyEngine::detect();
+        Ok(match (self, role) {
+            (LinkLayout::Posted(l), _) => {
+                let side = if created { Side::A } else { Side::B };
+                let areas = l.side_areas(window, side, q)?;
+                Box::new(PostedQueuePair::with_copy_stopped(
+                    areas,
+                    l.ring(),
+                    burst,
+                    copy,
+                )?)
+            }
+            (LinkLayout::Virtio(l), Role::Frontend) => match l.mode() {
+                pmd::queue::RingMode::Split => {
+                    Box::new(l.open_frontend_with::<Split, _>(window, q, burst, copy)?)
+                }
+                pmd::queue::RingMode::Packed => {
+                    Box::new(l.open_frontend_with::<Packed, _>(window, q, burst, copy)?)
+                }
+            },
+            (LinkLayout::Virtio(l), Role::Backend) => match l.mode() {
+                pmd::queue::RingMode::Split => {
+                    Box::new(l.open_backend_with::<Split, _>(window, q, burst, copy)?)
+                }
+                pmd::queue::RingMode::Packed => {
+                    Box::new(l.open_backend_with::<Packed, _>(window, q, burst, copy)?)
+                }
+            },
+        })
     }
 }
 
@@ -1062,7 +1188,6 @@ impl Port {
     /// area, then writes the header (its init stamp last). Call [`start`](Self::start)
     /// next.
     pub fn create(cfg: &PortConfig) -> Result<Port, PortError> {
-        check_ring(cfg.ring)?;
         if cfg.queues == 0 || cfg.queues > MAX_PORT_QUEUES {
             return Err(PortError::InvalidConfig {
                 what: "queues",
@@ -1075,9 +1200,7 @@ impl Port {
                 value: cfg.ring_size as u64,
             });
         }
-        let ring = PostedLayout::new(cfg.ring_size, SLOT_SIZE, cfg.ring_size, cfg.buf_size)
-            .map_err(QueueError::from)?;
-        let layout = PostedLinkLayout::new(ring, cfg.queues)?;
+        let layout = LinkLayout::new(cfg)?;
         let cfg_off = layout.window_size().next_multiple_of(4096);
         let size = cfg_off + CONFIG_AREA;
         let window: Arc<dyn Window> = Arc::from(create_spec(&cfg.window, size)?);
@@ -1109,16 +1232,15 @@ impl Port {
             },
         )?;
         let config = region.sub(cfg_off, CONFIG_AREA).map_err(QueueError::from)?;
-        Port::build(cfg.clone(), window, layout, config, Side::A)
+        Port::build(cfg.clone(), window, layout, config, true)
     }
 
     /// Opens a window a peer created (side B) and validates its header; the queue
     /// count and ring geometry come from the header. Call [`start`](Self::start) next.
     pub fn attach(cfg: &PortConfig) -> Result<Port, PortError> {
-        check_ring(cfg.ring)?;
         let window: Arc<dyn Window> = Arc::from(open_spec(&cfg.window, &OpenOptions::new())?);
         let info = open_header(&*window, &Expect::default())?;
-        let layout = PostedLinkLayout::from_header(&info)?;
+        let layout = LinkLayout::from_header(&info)?;
         let Some(a) = info.find(AreaKind::Config).copied() else {
             return Err(PortError::Mismatch {
                 what: "window has no Config area",
@@ -1132,17 +1254,18 @@ impl Port {
             .map_err(QueueError::from)?;
         let mut cfg = cfg.clone();
         cfg.queues = layout.queues();
-        cfg.ring_size = layout.ring().slots();
-        cfg.buf_size = layout.ring().buf_size();
-        Port::build(cfg, window, layout, config, Side::B)
+        cfg.ring = layout.kind();
+        cfg.ring_size = layout.ring_size();
+        cfg.buf_size = layout.buf_size();
+        Port::build(cfg, window, layout, config, false)
     }
 
     fn build(
         cfg: PortConfig,
         window: Arc<dyn Window>,
-        layout: PostedLinkLayout,
+        layout: LinkLayout,
         config: Region,
-        side: Side,
+        created: bool,
     ) -> Result<Port, PortError> {
         let burst = match cfg.burst {
             0 => pmd::queue::DEFAULT_BURST,
@@ -1155,17 +1278,10 @@ impl Port {
         let mut queues = Vec::with_capacity(layout.queues() as usize);
         let mut parked = Vec::with_capacity(layout.queues() as usize);
         for q in 0..layout.queues() {
-            let areas = layout.side_areas(&*window, side, q)?;
-            let mut qp = PostedQueuePair::with_copy_stopped(
-                areas,
-                layout.ring(),
-                burst,
-                CopyEngine::detect(),
-            )?;
+            let mut qp = layout.open_queue(&*window, created, cfg.role, q, burst)?;
             // Clears whatever an earlier session left in our areas; nothing is
             // written to the peer until the handshake says it has reset too.
             qp.reset()?;
-            let qp: Box<dyn QueuePair> = Box::new(qp);
             let rx = Box::new(RxShared {
                 returner: qp.returner(),
                 epoch: AtomicU32::new(0),
@@ -1253,8 +1369,8 @@ impl Port {
                 &BackendConfig {
                     device_type: 1,
                     features: rings::features::VIRTIO_F_VERSION_1,
-                    ring_mode: RingMode::Posted,
-                    queues: vec![QueueConfig::symmetric(self.layout.ring().slots() as u16); n],
+                    ring_mode: self.layout.control_mode(),
+                    queues: vec![QueueConfig::symmetric(self.layout.ring_size() as u16); n],
                     timing: self.cfg.timing,
                 },
             )?)),
@@ -1431,7 +1547,7 @@ impl Port {
                     let n = self.layout.queues() as u64;
                     let got = f.queue_pairs() as u64;
                     let mode = f.offer().map(|o| o.backend.ring_mode);
-                    if mode != Some(RingMode::Posted) {
+                    if mode != Some(self.layout.control_mode()) {
                         f.reset()?;
                         return Err(PortError::Mismatch {
                             what: "ring mode (3 = posted)",

@@ -78,19 +78,31 @@ pub const META_ZC: u16 = 0x2C;
 /// The checksum of a packet with sequence number `seq` and bytes `pattern` after the
 /// 16-byte header.
 pub fn checksum(seq: u64, pattern: &[u8]) -> u64 {
-    let mut h = seq ^ (pattern.len() as u64).rotate_left(32);
-    let mut chunks = pattern.chunks_exact(8);
+    // Four independent lanes (word i goes to lane i % 4, each lane an order-sensitive
+    // rotate-xor fold), combined at the end: as sensitive to order and position as one
+    // serial fold, but the lanes run in parallel, so a 1500-byte packet costs about a
+    // quarter of the time.
+    let mut h = [
+        seq ^ (pattern.len() as u64).rotate_left(32),
+        seq.rotate_left(16),
+        seq.rotate_left(32),
+        seq.rotate_left(48),
+    ];
+    let mut chunks = pattern.chunks_exact(32);
     for c in chunks.by_ref() {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = h.rotate_left(7) ^ w;
+        for (lane, w) in h.iter_mut().zip(c.chunks_exact(8)) {
+            let w = u64::from_le_bytes(w.try_into().expect("8-byte chunk"));
+            *lane = lane.rotate_left(7) ^ w;
+        }
     }
     let rest = chunks.remainder();
-    if !rest.is_empty() {
+    let mut words = rest.chunks(8);
+    for (lane, w) in h.iter_mut().zip(words.by_ref()) {
         let mut b = [0u8; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        h = h.rotate_left(7) ^ u64::from_le_bytes(b);
+        b[..w.len()].copy_from_slice(w);
+        *lane = lane.rotate_left(7) ^ u64::from_le_bytes(b);
     }
-    h
+    h[0] ^ h[1].rotate_left(13) ^ h[2].rotate_left(29) ^ h[3].rotate_left(43)
 }
 
 /// Fills `buf` (`len >= 16`) as packet `seq`.

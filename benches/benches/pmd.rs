@@ -93,10 +93,15 @@ impl Ring {
     /// bytes, so every packet here uses a buffer); 64 KiB packets use 256 slots and
     /// 256 buffers of 64 KiB (16 MiB per direction).
     fn posted_layout(size: usize) -> Result<PostedLinkLayout, String> {
+        // ZEROHOP_BENCH_SLOT=128 gives 112 inline bytes (64-byte packets go inline).
+        let slot = std::env::var("ZEROHOP_BENCH_SLOT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(64u32);
         let ring = if size > 2048 {
-            PostedLayout::new(256, 64, 256, size.next_multiple_of(64) as u32)
+            PostedLayout::new(256, slot, 256, size.next_multiple_of(64) as u32)
         } else {
-            PostedLayout::new(1024, 64, 1024, 2048)
+            PostedLayout::new(1024, slot, 1024, 2048)
         }
         .map_err(|e| format!("posted layout: {e}"))?;
         PostedLinkLayout::new(ring, 1).map_err(|e| format!("posted link layout: {e}"))

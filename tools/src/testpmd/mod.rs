@@ -405,13 +405,14 @@ fn poller(p: PollMode) -> Poller {
 }
 
 fn ring_size(a: &TestpmdArgs) -> Result<u32, String> {
-    let n = a.rxd.max(a.txd);
-    if !n.is_power_of_two() || !(2..=32768).contains(&n) {
-        return Err(format!(
-            "--rxd/--txd {n}: the ring size must be a power of two from 2 to 32768"
-        ));
+    for (what, n) in [("--rxd", a.rxd), ("--txd", a.txd)] {
+        if !n.is_power_of_two() || !(2..=32768).contains(&n) {
+            return Err(format!(
+                "{what} {n}: the ring size must be a power of two from 2 to 32768"
+            ));
+        }
     }
-    Ok(n)
+    Ok(a.rxd.max(a.txd))
 }
 
 fn port_config(a: &TestpmdArgs, spec: WindowSpec, role: Role) -> Result<PortConfig, String> {
@@ -504,6 +505,9 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
     let nq = a.rxq.max(a.txq) as usize;
     let (spec, spec_text) = window_spec(a)?;
     let cfg = port_config(a, spec, Role::Frontend)?;
+    if a.stats_period < 0.0 || !a.duration.is_finite() || a.duration < 0.0 {
+        return Err("--duration and --stats-period must be 0 or more seconds".into());
+    }
     let ns_per_tick = pkt::calibrate();
     let probe = |c: &[usize]| {
         (c.len() >= 2 && c[0] != c[1]).then(|| dataplane::probe::placement_probe((c[0], c[1]), 20_000))

@@ -39,6 +39,7 @@ pub fn path_of(instance: &str) -> PathBuf {
 /// An open stats window and its counters.
 pub struct StatsWindow {
     /// The window (removed on drop if this process created it).
+    #[allow(dead_code)]
     pub window: ShmWindow,
     /// Every block (4 groups of `queues`).
     pub all: Stats,

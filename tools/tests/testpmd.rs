@@ -74,7 +74,8 @@ fn testpmd(extra: &[&str]) -> serde_json::Value {
 }
 
 fn u(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 fn sum(v: &serde_json::Value, side: &str, k: &str) -> u64 {
@@ -123,7 +124,12 @@ fn every_forwarding_mode_moves_packets_and_counters_agree() {
             // Round trips: the forwarder sent back everything it received.
             assert_eq!(sum(&v, "fwd_queues", "sent"), u(&v, "sent"), "{what}");
         }
-        for k in ["mpps", "gbps", "remote_reads_per_pkt", "remote_writes_per_pkt"] {
+        for k in [
+            "mpps",
+            "gbps",
+            "remote_reads_per_pkt",
+            "remote_writes_per_pkt",
+        ] {
             assert!(v[k].as_f64().is_some(), "{k}: {what}");
         }
         assert!(v.get("placement_probe_ns").is_some(), "{what}");
@@ -137,7 +143,16 @@ fn every_forwarding_mode_moves_packets_and_counters_agree() {
 #[test]
 fn two_queues_on_two_lcores() {
     let _g = lock();
-    let v = testpmd(&["--forward-mode", "macswap", "--rxq", "2", "--txq", "2", "-l", "0,1"]);
+    let v = testpmd(&[
+        "--forward-mode",
+        "macswap",
+        "--rxq",
+        "2",
+        "--txq",
+        "2",
+        "-l",
+        "0,1",
+    ]);
     assert_eq!(v["gen_queues"].as_array().unwrap().len(), 2, "{v}");
     assert!(sum(&v, "gen_queues", "received") > 0);
     assert_eq!(u(&v, "lost"), 0, "{v}");
@@ -209,7 +224,11 @@ fn report_compares_two_testpmd_runs_as_svg() {
         .arg(&svg)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("<svg"), "not an SVG");
     let _ = std::fs::remove_dir_all(&dir);
@@ -220,7 +239,14 @@ fn stats_once_reads_a_running_instance() {
     let _g = lock();
     let inst = format!("t{}", std::process::id());
     let child = spawn(&[
-        "testpmd", "--poll", "yield", "--duration", "4", "--instance", &inst, "--json",
+        "testpmd",
+        "--poll",
+        "yield",
+        "--duration",
+        "4",
+        "--instance",
+        &inst,
+        "--json",
     ]);
     let path = format!("/dev/shm/zerohop-stats-{inst}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -234,8 +260,16 @@ fn stats_once_reads_a_running_instance() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let run = wait(child, 60);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A gen line with a non-zero tx-packets column.
     let gen = text
         .lines()

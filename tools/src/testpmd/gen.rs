@@ -129,12 +129,11 @@ pub fn run(
             }
             // Relaxed: run control (u64::MAX until the main thread knows the count).
             let want = expected.load(Ordering::Relaxed);
-            let sink_done = cfg.kind != GenKind::Sink
-                || (want != u64::MAX && res.checker.received >= want);
-            if (back && sink_done) || Instant::now() > end {
-                if want != u64::MAX || Instant::now() > end {
-                    return Work::Stop;
-                }
+            let sink_done =
+                cfg.kind != GenKind::Sink || (want != u64::MAX && res.checker.received >= want);
+            let past = Instant::now() > end;
+            if (back && sink_done && want != u64::MAX) || past {
+                return Work::Stop;
             }
         }
         let mut sent_now = 0usize;
@@ -171,6 +170,9 @@ pub fn run(
         }
         let n = match q.rx_burst(&mut rx, cfg.burst) {
             Ok(n) => n,
+            // After the traffic phase the peer may leave (its port's reset request
+            // takes the link down): that ends the drain, it is not an error.
+            Err(_) if !running => return Work::Stop,
             Err(e) => {
                 res.errors += 1;
                 ctx.stats.add_errors(1);
@@ -182,11 +184,17 @@ pub fn run(
             // A lost round trip would stall the window: after 1 s of silence in
             // ping-pong, give up on it (it counts as lost).
             polls = polls.wrapping_add(1);
-            if cfg.kind == GenKind::PingPong && polls.is_multiple_of(1024) && last_rx.elapsed() > Duration::from_secs(1) {
+            if cfg.kind == GenKind::PingPong
+                && polls.is_multiple_of(1024)
+                && last_rx.elapsed() > Duration::from_secs(1)
+            {
                 abandoned = res.sent - res.checker.received.min(res.sent);
             }
             return if sent_now > 0 {
-                Work::Busy { packets: 0, bytes: 0 }
+                Work::Busy {
+                    packets: 0,
+                    bytes: 0,
+                }
             } else {
                 Work::Idle
             };

@@ -422,6 +422,11 @@ fn port_config(a: &TestpmdArgs, spec: WindowSpec, role: Role) -> Result<PortConf
     c.ring_size = ring_size(a)?;
     c.buf_size = (a.txpkts + 64).next_multiple_of(64).max(2048);
     c.burst = a.burst as usize;
+    if a.poll == PollMode::Yield {
+        // A shared machine (tests, CI): a side may be descheduled for a while; do not
+        // call the peer lost after the default 100 ms.
+        c.timing.peer_timeout = Duration::from_secs(2);
+    }
     Ok(c)
 }
 
@@ -510,11 +515,15 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
     }
     let ns_per_tick = pkt::calibrate();
     let probe = |c: &[usize]| {
-        (c.len() >= 2 && c[0] != c[1]).then(|| dataplane::probe::placement_probe((c[0], c[1]), 20_000))
+        (c.len() >= 2 && c[0] != c[1])
+            .then(|| dataplane::probe::placement_probe((c[0], c[1]), 20_000))
     };
     let before = probe(&cores);
     let mut port = Port::create(&cfg).map_err(|e| format!("--window {spec_text}: {e}"))?;
-    let instance = a.instance.clone().unwrap_or_else(|| std::process::id().to_string());
+    let instance = a
+        .instance
+        .clone()
+        .unwrap_or_else(|| std::process::id().to_string());
     let sw = StatsWindow::create(&statsw::path_of(&instance), nq)?;
 
     let mut guard = ChildGuard(None);
@@ -535,7 +544,14 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
             .args(["--ns-per-tick", &ns_per_tick.to_string()])
             .arg("--stats-window")
             .arg(&sw.path)
-            .args(["--poll", if a.poll == PollMode::Spin { "spin" } else { "yield" }])
+            .args([
+                "--poll",
+                if a.poll == PollMode::Spin {
+                    "spin"
+                } else {
+                    "yield"
+                },
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -611,7 +627,12 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
     let mut peer = None;
     if let Some(mut stdin) = child_in.take() {
         let sent: Vec<String> = (0..nq)
-            .map(|q| tx_group.lcore_counters(q).map_or(0, |c| c.packets).to_string())
+            .map(|q| {
+                tx_group
+                    .lcore_counters(q)
+                    .map_or(0, |c| c.packets)
+                    .to_string()
+            })
             .collect();
         let _ = writeln!(stdin, "stop {}", sent.join(","));
         let _ = stdin.flush();
@@ -772,12 +793,18 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
     let sw = match &a.stats_window {
         Some(p) => StatsWindow::open(p)?,
         None => {
-            let inst = a.instance.clone().unwrap_or_else(|| std::process::id().to_string());
+            let inst = a
+                .instance
+                .clone()
+                .unwrap_or_else(|| std::process::id().to_string());
             StatsWindow::create(&statsw::path_of(&inst), nq)?
         }
     };
     if sw.queues != nq {
-        return Err(format!("stats window has {} queues, the port {nq}", sw.queues));
+        return Err(format!(
+            "stats window has {} queues, the port {nq}",
+            sw.queues
+        ));
     }
     port.start().map_err(|e| format!("link start: {e}"))?;
 
@@ -804,12 +831,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
     let expected: Arc<[AtomicU64]> = (0..nq).map(|_| AtomicU64::new(0)).collect();
     let fwd_cores: Vec<usize> = (0..nq).map(|q| cores[(nq + q) % cores.len()]).collect();
     let pl = poller(a.poll);
-    let (mode, size, burst, flows) = (
-        a.forward_mode,
-        a.txpkts as usize,
-        a.burst as usize,
-        a.flows,
-    );
+    let (mode, size, burst, flows) = (a.forward_mode, a.txpkts as usize, a.burst as usize, a.flows);
     let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (h2, w2, p2, e2, fin2) = (
         handles.clone(),
@@ -885,7 +907,10 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
             }
             if moved.packets > 0 {
                 // Generated only: counted in the tx block, not as received.
-                return dataplane::lcore::Work::Busy { packets: 0, bytes: 0 };
+                return dataplane::lcore::Work::Busy {
+                    packets: 0,
+                    bytes: 0,
+                };
             }
             dataplane::lcore::Work::Idle
         });
@@ -895,7 +920,11 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         (
             QueueReport {
                 sent: f.sent,
-                received: if mode == FwdMode::Rxonly { c.received } else { q.counters().rx_packets },
+                received: if mode == FwdMode::Rxonly {
+                    c.received
+                } else {
+                    q.counters().rx_packets
+                },
                 reordered: c.reordered,
                 corrupted: c.corrupted,
                 drops: f.drops,
@@ -978,7 +1007,11 @@ fn print_result(r: &TestpmdResult) {
         println!(
             "  placement probe: {b:.0} ns before, {} ns after{}",
             f(r.placement_probe_after_ns),
-            if r.placement_changed { " (changed during the run: figure void for comparisons)" } else { "" }
+            if r.placement_changed {
+                " (changed during the run: figure void for comparisons)"
+            } else {
+                ""
+            }
         );
     }
     if let Some(e) = &r.error {
@@ -1007,7 +1040,10 @@ fn print_latency(r: &TestpmdResult) {
                 let hi = h.value_at_quantile(w[1]);
                 let n = h.count_between(lo, hi);
                 let bar = "#".repeat(((n as f64 / h.len() as f64) * 40.0).round() as usize);
-                println!("    p{:<7} {lo:>9} .. {hi:>9} ns {n:>10} {bar}", format!("{:.2}", w[1] * 100.0));
+                println!(
+                    "    p{:<7} {lo:>9} .. {hi:>9} ns {n:>10} {bar}",
+                    format!("{:.2}", w[1] * 100.0)
+                );
             }
         }
     }
@@ -1089,7 +1125,9 @@ pub fn run(a: &TestpmdArgs, no_args: bool) -> ExitCode {
 /// The no-argument run: 3 s of txonly -> rxonly throughput (posted, 64 B), then 2 s
 /// of ping-pong latency.
 fn run_default(a: &TestpmdArgs) -> ExitCode {
-    println!("zerohop testpmd: both sides on this host, two processes over a fresh /dev/shm window\n");
+    println!(
+        "zerohop testpmd: both sides on this host, two processes over a fresh /dev/shm window\n"
+    );
     let mut tput = a.clone();
     tput.forward_mode = FwdMode::Rxonly;
     tput.duration = 3.0;
@@ -1099,7 +1137,14 @@ fn run_default(a: &TestpmdArgs) -> ExitCode {
     lat.duration = 2.0;
     let mut bad = false;
     for (what, cfg) in [("throughput", &tput), ("latency", &lat)] {
-        println!("== {what}: --forward-mode {} --ring {} --txpkts {} --burst {} --duration {}", cfg.forward_mode.name(), cfg.ring.name(), cfg.txpkts, cfg.burst, cfg.duration);
+        println!(
+            "== {what}: --forward-mode {} --ring {} --txpkts {} --burst {} --duration {}",
+            cfg.forward_mode.name(),
+            cfg.ring.name(),
+            cfg.txpkts,
+            cfg.burst,
+            cfg.duration
+        );
         match run_generator(cfg) {
             Ok(r) => {
                 print_result(&r);

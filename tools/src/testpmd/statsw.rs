@@ -56,7 +56,10 @@ impl StatsWindow {
         let size = HEADER_SIZE + len.next_multiple_of(window::page_size());
         let w = ShmWindow::create(path, size)
             .map_err(|e| format!("creating stats window {}: {e}", path.display()))?;
-        let region = w.region().sub(HEADER_SIZE, len).map_err(|e| e.to_string())?;
+        let region = w
+            .region()
+            .sub(HEADER_SIZE, len)
+            .map_err(|e| e.to_string())?;
         let all = Stats::over_region(region, GROUPS * queues).map_err(|e| e.to_string())?;
         window::init_header(
             &w,
@@ -80,8 +83,8 @@ impl StatsWindow {
     pub fn open(path: &Path) -> Result<StatsWindow, String> {
         let w = ShmWindow::open(path, &OpenOptions::new())
             .map_err(|e| format!("opening stats window {}: {e}", path.display()))?;
-        let info = open_header(&w, &Expect::default())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let info =
+            open_header(&w, &Expect::default()).map_err(|e| format!("{}: {e}", path.display()))?;
         let a = *info
             .find(AreaKind::Stats)
             .ok_or_else(|| format!("{}: no Stats area in the window header", path.display()))?;
@@ -149,7 +152,8 @@ pub fn format_block(
         "errors"
     );
     let zero = Counters::default();
-    for side in 0..2 {
+    let prec = usize::from(rate);
+    for (side, side_name) in SIDE.iter().enumerate() {
         for q in 0..queues {
             let rx_i = (side * 2) * queues + q;
             let tx_i = (side * 2 + 1) * queues + q;
@@ -167,8 +171,8 @@ pub fn format_block(
             let bits = |b: f64| if rate { b * 8.0 / 1e6 } else { b };
             let _ = writeln!(
                 s,
-                "{:<4} {:>2} {:>13.0} {:>12.1} {:>13.0} {:>12.1} {:>7.1} {:>6.1} {:>10} {:>8}",
-                SIDE[side],
+                "{:<4} {:>2} {:>13.0} {:>12.prec$} {:>13.0} {:>12.prec$} {:>7.1} {:>6.1} {:>10} {:>8}",
+                side_name,
                 q,
                 per(rx_p),
                 per(bits(d(rx.bytes, prx.bytes))),
@@ -186,7 +190,9 @@ pub fn format_block(
 
 /// `zerohop stats` arguments.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  zerohop testpmd --duration 60 --instance a &\n  zerohop stats a             # live, one block per second\n  zerohop stats a --once      # one snapshot of the totals\n  zerohop stats /dev/shm/zerohop-stats-a --once")]
+#[command(
+    after_help = "Examples:\n  zerohop testpmd --duration 60 --instance a &\n  zerohop stats a             # live, one block per second\n  zerohop stats a --once      # one snapshot of the totals\n  zerohop stats /dev/shm/zerohop-stats-a --once"
+)]
 pub struct StatsArgs {
     /// Instance name (testpmd --instance; the parent's pid by default) or the path of a
     /// stats window. Default: the only /dev/shm/zerohop-stats-* there is.
@@ -252,11 +258,22 @@ pub fn run(a: &StatsArgs) -> ExitCode {
     };
     let title = path.display().to_string();
     if a.once {
-        print!("{}", format_block(&format!("{title} totals "), sw.queues, None, &sw.read(), 0.0));
+        print!(
+            "{}",
+            format_block(
+                &format!("{title} totals "),
+                sw.queues,
+                None,
+                &sw.read(),
+                0.0
+            )
+        );
         return ExitCode::SUCCESS;
     }
     let period = Duration::from_secs_f64(a.period.clamp(0.05, 3600.0));
-    let end = a.duration.map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    let end = a
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     let mut prev = sw.read();
     let mut t = Instant::now();
     loop {
@@ -268,7 +285,10 @@ pub fn run(a: &StatsArgs) -> ExitCode {
         let now = sw.read();
         let secs = t.elapsed().as_secs_f64();
         t = Instant::now();
-        print!("{}", format_block(&format!("{title} "), sw.queues, Some(&prev), &now, secs));
+        print!(
+            "{}",
+            format_block(&format!("{title} "), sw.queues, Some(&prev), &now, secs)
+        );
         prev = now;
         if end.is_some_and(|e| Instant::now() >= e) {
             return ExitCode::SUCCESS;

@@ -1,13 +1,14 @@
 //! The `zerohop` command-line tool.
 //!
-//! With no arguments it runs `zerohop demo`: both sides of a link on one host, in two
-//! processes over a fresh /dev/shm window, each ring mode in turn, printing throughput
-//! and a latency histogram.
+//! With no arguments it runs `zerohop testpmd`'s default: both sides of a port on one
+//! host, in two processes over a fresh /dev/shm window: a few seconds of txonly ->
+//! rxonly throughput, then a ping-pong latency run, and a summary.
 
 mod demo;
 mod latency;
 mod pipeline;
 mod report;
+mod testpmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +23,7 @@ use demo::{DemoParams, Mode, PollMode};
     name = "zerohop",
     version,
     about = "zero-copy, poll-mode data plane over shared-memory and PCIe windows",
-    after_help = "Examples:\n  zerohop                      # the default demo, every ring mode\n  zerohop demo --ring posted --count 10000000 --json"
+    after_help = "Examples:\n  zerohop                      # testpmd default: throughput + latency summary\n  zerohop testpmd --forward-mode io --duration 5 --json\n  zerohop stats --once\n  zerohop demo --ring posted --count 10000000 --json"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +32,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// DPDK testpmd habits: forwarding modes over a port, both sides on this host by
+    /// default. With no arguments: a throughput run and a latency run, summarised.
+    Testpmd(Box<testpmd::TestpmdArgs>),
+    /// Attach read-only to a running testpmd's stats window and print its counters.
+    Stats(testpmd::statsw::StatsArgs),
     /// Move entries through each ring mode between two processes on this host.
     Demo(DemoArgs),
     /// Print latency percentiles of saved runs side by side and plot them (.svg).
@@ -162,7 +168,15 @@ fn run_demo(a: DemoArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        None => run_demo(DemoArgs::default()),
+        None => {
+            let a = Cli::parse_from(["zerohop", "testpmd"]);
+            match a.cmd {
+                Some(Cmd::Testpmd(t)) => testpmd::run(&t, true),
+                _ => ExitCode::from(2),
+            }
+        }
+        Some(Cmd::Testpmd(t)) => testpmd::run(&t, std::env::args_os().len() <= 2),
+        Some(Cmd::Stats(a)) => testpmd::statsw::run(&a),
         Some(Cmd::Demo(a)) => run_demo(a),
         Some(Cmd::Report(a)) => report::run(&a),
         Some(Cmd::Pipeline(c)) => pipeline::run(&c),

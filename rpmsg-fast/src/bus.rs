@@ -787,6 +787,12 @@ impl<Q: QueuePair> Rpmsg<Q> {
         if self.ep(ep)?.count == 0 {
             self.poll()?;
         }
+        self.try_recv(ep)
+    }
+
+    /// The next queued message of `ep`, without polling the ring (drain the
+    /// endpoints after one [`poll`](Self::poll)).
+    pub fn try_recv(&mut self, ep: EndpointId) -> Result<Option<RxBuf>, RpmsgError> {
         let e = self.ep_mut(ep)?;
         if e.count == 0 {
             return Ok(None);

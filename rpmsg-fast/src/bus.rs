@@ -220,6 +220,11 @@ impl TxBuf {
     }
 }
 
+/// A per-endpoint receive callback.
+type MsgCallback = Box<dyn FnMut(&Msg<'_>) + Send>;
+/// A name service event callback.
+type NsCallback = Box<dyn FnMut(NsEvent<'_>) + Send>;
+
 struct Endpoint {
     gen: u16,
     live: bool,
@@ -239,7 +244,7 @@ struct Endpoint {
     /// Copies of queued/held inline messages: `depth` slots of `rx_buf_size`.
     slab: Region,
     slab_free: Vec<u16>,
-    callback: Option<Box<dyn FnMut(&Msg<'_>) + Send>>,
+    callback: Option<MsgCallback>,
     stats: EndpointStats,
 }
 
@@ -264,7 +269,7 @@ pub struct Rpmsg<Q: QueuePair> {
     by_addr: HashMap<u32, u16>,
     next_dynamic: u32,
     services: Vec<([u8; NAME_SIZE], u32)>,
-    ns_cb: Option<Box<dyn FnMut(NsEvent<'_>) + Send>>,
+    ns_cb: Option<NsCallback>,
     rx: Box<[RxPkt]>,
     frees: Vec<PktHandle>,
     stage: Box<[u8]>,

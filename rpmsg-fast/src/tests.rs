@@ -124,7 +124,7 @@ fn pair(mode: Mode, cfg: BusConfig) -> (Rpmsg<LinkQueue>, Rpmsg<LinkQueue>, Heap
             let l = PostedLinkLayout::new(PostedLayout::new(64, 128, 64, 512).unwrap(), 1).unwrap();
             let w = HeapWindow::new(l.window_size()).unwrap();
             l.create(&w).unwrap();
-            let a = l.open_side_with(&w, Side::A, 0, 0, copy.clone()).unwrap();
+            let a = l.open_side_with(&w, Side::A, 0, 0, copy).unwrap();
             let b = l.open_side_with(&w, Side::B, 0, 0, copy).unwrap();
             (
                 Rpmsg::new(LinkQueue::Posted(a), cfg.clone()).unwrap(),
@@ -144,7 +144,7 @@ fn pair(mode: Mode, cfg: BusConfig) -> (Rpmsg<LinkQueue>, Rpmsg<LinkQueue>, Heap
             let (a, b) = if matches!(mode, Mode::Split) {
                 (
                     LinkQueue::SplitHost(
-                        l.open_frontend_with::<Split, _>(&w, 0, 0, copy.clone())
+                        l.open_frontend_with::<Split, _>(&w, 0, 0, copy)
                             .unwrap(),
                     ),
                     LinkQueue::SplitRemote(
@@ -154,7 +154,7 @@ fn pair(mode: Mode, cfg: BusConfig) -> (Rpmsg<LinkQueue>, Rpmsg<LinkQueue>, Heap
             } else {
                 (
                     LinkQueue::PackedHost(
-                        l.open_frontend_with::<Packed, _>(&w, 0, 0, copy.clone())
+                        l.open_frontend_with::<Packed, _>(&w, 0, 0, copy)
                             .unwrap(),
                     ),
                     LinkQueue::PackedRemote(

@@ -143,10 +143,7 @@ fn pair(mode: Mode, cfg: BusConfig) -> (Rpmsg<LinkQueue>, Rpmsg<LinkQueue>, Heap
             l.create(&w).unwrap();
             let (a, b) = if matches!(mode, Mode::Split) {
                 (
-                    LinkQueue::SplitHost(
-                        l.open_frontend_with::<Split, _>(&w, 0, 0, copy)
-                            .unwrap(),
-                    ),
+                    LinkQueue::SplitHost(l.open_frontend_with::<Split, _>(&w, 0, 0, copy).unwrap()),
                     LinkQueue::SplitRemote(
                         l.open_backend_with::<Split, _>(&w, 0, 0, copy).unwrap(),
                     ),
@@ -154,8 +151,7 @@ fn pair(mode: Mode, cfg: BusConfig) -> (Rpmsg<LinkQueue>, Rpmsg<LinkQueue>, Heap
             } else {
                 (
                     LinkQueue::PackedHost(
-                        l.open_frontend_with::<Packed, _>(&w, 0, 0, copy)
-                            .unwrap(),
+                        l.open_frontend_with::<Packed, _>(&w, 0, 0, copy).unwrap(),
                     ),
                     LinkQueue::PackedRemote(
                         l.open_backend_with::<Packed, _>(&w, 0, 0, copy).unwrap(),

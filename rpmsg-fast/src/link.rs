@@ -235,7 +235,7 @@ impl Link {
             ));
         }
         let layout = layout_for(cfg)?;
-        let copy = CopyEngine::detect();
+        let copy = *CopyEngine::global();
         let (window, q) = match layout {
             Layout::Posted(l) => {
                 let w = ShmWindow::create(&cfg.window, l.window_size())?;
@@ -271,7 +271,7 @@ impl Link {
             ));
         }
         let w = ShmWindow::open(&cfg.window, &OpenOptions::new())?;
-        let copy = CopyEngine::detect();
+        let copy = *CopyEngine::global();
         let want = layout_for(cfg)?;
         let q = match cfg.mode {
             RingMode::Posted => {

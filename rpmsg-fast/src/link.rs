@@ -1,0 +1,364 @@
+//! [`Link`]: one RPMsg link on one host: a /dev/shm window, the queue pair of the
+//! chosen ring mode on it, and the [`Rpmsg`] bus over that queue pair.
+//!
+//! | mode     | host (Linux side, owns buffers)   | remote                        |
+//! |----------|-----------------------------------|-------------------------------|
+//! | `posted` | side A: creates the window        | side B: attaches              |
+//! | `split`  | virtio frontend (driver): creates | virtio backend (device)       |
+//! | `packed` | virtio frontend (driver): creates | virtio backend (device)       |
+//!
+//! The host creates the window and lays it out ([`Link::create`]); the remote opens
+//! it ([`Link::attach`], [`Link::attach_wait`]). One queue pair carries both
+//! directions. Both directions' rings use buffers of the larger of the two
+//! configured sizes (rounded up to 64 bytes); each direction's own size is enforced
+//! by the bus (send: `TooLarge`; receive: counted drop).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pmd::copy::CopyEngine;
+use pmd::queue::virtio::PKT_HDR;
+use pmd::queue::{Packed, RingMode as VirtioMode, Split};
+use pmd::queue::{
+    PktHandle, PktReturner, PostedLinkLayout, PostedQueuePair, QueueError, QueuePair, QueueStats,
+    RxPkt, Side, TxSlot, VirtioBackend, VirtioFrontend, VirtioLinkLayout,
+};
+use pmd::window::{OpenOptions, ShmWindow};
+use rings::posted::PostedLayout;
+use rings::Region;
+
+use crate::bus::{BusConfig, Rpmsg};
+use crate::error::RpmsgError;
+
+/// Ring mode of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingMode {
+    /// zerohop's posted ring (default; fastest).
+    Posted,
+    /// virtio 1.x split virtqueue (the layout standard virtio rpmsg peers use).
+    Split,
+    /// virtio 1.x packed virtqueue.
+    Packed,
+}
+
+/// Which end of the link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The side that owns the buffers (Linux in a Linux-to-firmware setup): creates
+    /// the window.
+    Host,
+    /// The other side: attaches to the window.
+    Remote,
+}
+
+/// Settings of one link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// The window file (usually under /dev/shm).
+    pub window: PathBuf,
+    /// Ring mode.
+    pub mode: RingMode,
+    /// This side's role.
+    pub role: Role,
+    /// Buffer size host -> remote, header included (default 512).
+    pub host_to_remote_buf: usize,
+    /// Buffer size remote -> host, header included (default 512).
+    pub remote_to_host_buf: usize,
+    /// Ring entries per direction (a power of two; default 256).
+    pub ring_size: u32,
+    /// Posted mode: slot size (a power of two >= 64; messages up to `slot_size - 16`
+    /// bytes, rpmsg header included, travel inline in the slot). Default 128.
+    pub slot_size: u32,
+    /// Everything else of the bus (its buffer sizes are set from the two above).
+    pub bus: BusConfig,
+}
+
+impl LinkConfig {
+    /// Defaults for `window`, `mode`, `role`.
+    pub fn new(window: impl Into<PathBuf>, mode: RingMode, role: Role) -> Self {
+        LinkConfig {
+            window: window.into(),
+            mode,
+            role,
+            host_to_remote_buf: crate::wire::DEFAULT_BUF_SIZE,
+            remote_to_host_buf: crate::wire::DEFAULT_BUF_SIZE,
+            ring_size: 256,
+            slot_size: 128,
+            bus: BusConfig::default(),
+        }
+    }
+
+    fn bus_config(&self) -> BusConfig {
+        let (tx, rx) = match self.role {
+            Role::Host => (self.host_to_remote_buf, self.remote_to_host_buf),
+            Role::Remote => (self.remote_to_host_buf, self.host_to_remote_buf),
+        };
+        BusConfig {
+            tx_buf_size: tx,
+            rx_buf_size: rx,
+            ..self.bus.clone()
+        }
+    }
+
+    fn ring_buf(&self) -> usize {
+        self.host_to_remote_buf.max(self.remote_to_host_buf)
+    }
+}
+
+/// The queue pair of a [`Link`]: one of every ring mode and role, dispatched by a
+/// `match` (no allocation, no dynamic call).
+#[allow(clippy::large_enum_variant)]
+pub enum LinkQueue {
+    /// Posted, either side.
+    Posted(PostedQueuePair<Region, Region, CopyEngine>),
+    /// Split, host (frontend).
+    SplitHost(VirtioFrontend<Split, Region, CopyEngine>),
+    /// Split, remote (backend).
+    SplitRemote(VirtioBackend<Split, Region, CopyEngine>),
+    /// Packed, host (frontend).
+    PackedHost(VirtioFrontend<Packed, Region, CopyEngine>),
+    /// Packed, remote (backend).
+    PackedRemote(VirtioBackend<Packed, Region, CopyEngine>),
+}
+
+macro_rules! each {
+    ($self:expr, $q:ident => $e:expr) => {
+        match $self {
+            LinkQueue::Posted($q) => $e,
+            LinkQueue::SplitHost($q) => $e,
+            LinkQueue::SplitRemote($q) => $e,
+            LinkQueue::PackedHost($q) => $e,
+            LinkQueue::PackedRemote($q) => $e,
+        }
+    };
+}
+
+impl QueuePair for LinkQueue {
+    #[inline]
+    fn rx_burst(&mut self, out: &mut [RxPkt]) -> Result<usize, QueueError> {
+        each!(self, q => QueuePair::rx_burst(q, out))
+    }
+    #[inline]
+    fn rx_ptr(&self, pkt: &RxPkt) -> Result<core::ptr::NonNull<u8>, QueueError> {
+        each!(self, q => QueuePair::rx_ptr(q, pkt))
+    }
+    #[inline]
+    fn free(&mut self, pkts: &[PktHandle]) -> Result<(), QueueError> {
+        each!(self, q => QueuePair::free(q, pkts))
+    }
+    fn returner(&self) -> PktReturner {
+        each!(self, q => QueuePair::returner(q))
+    }
+    #[inline]
+    fn tx_burst(&mut self, pkts: &[&[u8]], meta: u16) -> Result<usize, QueueError> {
+        each!(self, q => QueuePair::tx_burst(q, pkts, meta))
+    }
+    #[inline]
+    fn alloc_tx(&mut self, out: &mut [TxSlot]) -> Result<usize, QueueError> {
+        each!(self, q => QueuePair::alloc_tx(q, out))
+    }
+    #[inline]
+    fn tx_write(&self, slot: &TxSlot, at: usize, src: &[u8]) -> Result<(), QueueError> {
+        each!(self, q => QueuePair::tx_write(q, slot, at, src))
+    }
+    #[inline]
+    fn tx_commit(&mut self, slots: &[(TxSlot, u32, u16)]) -> Result<usize, QueueError> {
+        each!(self, q => QueuePair::tx_commit(q, slots))
+    }
+    fn tx_cancel(&mut self, slots: &[TxSlot]) -> Result<(), QueueError> {
+        each!(self, q => QueuePair::tx_cancel(q, slots))
+    }
+    fn stats(&self) -> QueueStats {
+        each!(self, q => QueuePair::stats(q))
+    }
+    fn is_broken(&self) -> bool {
+        each!(self, q => QueuePair::is_broken(q))
+    }
+    fn reset(&mut self) -> Result<(), QueueError> {
+        each!(self, q => QueuePair::reset(q))
+    }
+    fn start(&mut self) -> Result<(), QueueError> {
+        each!(self, q => QueuePair::start(q))
+    }
+}
+
+enum Layout {
+    Posted(PostedLinkLayout),
+    Virtio(VirtioLinkLayout),
+}
+
+fn layout_for(cfg: &LinkConfig) -> Result<Layout, RpmsgError> {
+    let buf = cfg.ring_buf();
+    match cfg.mode {
+        RingMode::Posted => {
+            let ring = PostedLayout::new(
+                cfg.ring_size,
+                cfg.slot_size,
+                cfg.ring_size,
+                buf.next_multiple_of(64) as u32,
+            )
+            .map_err(QueueError::from)?;
+            Ok(Layout::Posted(PostedLinkLayout::new(ring, 1)?))
+        }
+        RingMode::Split | RingMode::Packed => {
+            let mode = if cfg.mode == RingMode::Split {
+                VirtioMode::Split
+            } else {
+                VirtioMode::Packed
+            };
+            let size = u16::try_from(cfg.ring_size)
+                .map_err(|_| RpmsgError::Config(format!("ring_size {}", cfg.ring_size)))?;
+            let b = (buf + PKT_HDR).next_multiple_of(64) as u32;
+            Ok(Layout::Virtio(VirtioLinkLayout::new(mode, size, b, 1)?))
+        }
+    }
+}
+
+/// One RPMsg link: the window and the bus over its queue pair (see the
+/// [module docs](self)). Derefs to [`Rpmsg`].
+pub struct Link {
+    // Field order: the bus (and its queue pair) drops before the window.
+    bus: Rpmsg<LinkQueue>,
+    window: ShmWindow,
+    cfg: LinkConfig,
+}
+
+impl Link {
+    /// Creates the window and lays the link out (the host). The window file is
+    /// removed when the link drops.
+    pub fn create(cfg: &LinkConfig) -> Result<Link, RpmsgError> {
+        if cfg.role != Role::Host {
+            return Err(RpmsgError::Config(
+                "Link::create is for the host role".into(),
+            ));
+        }
+        let layout = layout_for(cfg)?;
+        let copy = *CopyEngine::global();
+        let (window, q) = match layout {
+            Layout::Posted(l) => {
+                let w = ShmWindow::create(&cfg.window, l.window_size())?;
+                l.create(&w)?;
+                let q = l.open_side_with(&w, Side::A, 0, 0, copy)?;
+                (w, LinkQueue::Posted(q))
+            }
+            Layout::Virtio(l) => {
+                let w = ShmWindow::create(&cfg.window, l.window_size())?;
+                l.create(&w)?;
+                let q = match cfg.mode {
+                    RingMode::Split => {
+                        LinkQueue::SplitHost(l.open_frontend_with::<Split, _>(&w, 0, 0, copy)?)
+                    }
+                    _ => LinkQueue::PackedHost(l.open_frontend_with::<Packed, _>(&w, 0, 0, copy)?),
+                };
+                (w, q)
+            }
+        };
+        Ok(Link {
+            bus: Rpmsg::new(q, cfg.bus_config())?,
+            window,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Opens the host's window (the remote). Fails if it is not there or not yet
+    /// initialised; [`attach_wait`](Self::attach_wait) retries.
+    pub fn attach(cfg: &LinkConfig) -> Result<Link, RpmsgError> {
+        if cfg.role != Role::Remote {
+            return Err(RpmsgError::Config(
+                "Link::attach is for the remote role".into(),
+            ));
+        }
+        let w = ShmWindow::open(&cfg.window, &OpenOptions::new())?;
+        let copy = *CopyEngine::global();
+        let want = layout_for(cfg)?;
+        let q = match cfg.mode {
+            RingMode::Posted => {
+                let l = PostedLinkLayout::attach(&w)?;
+                if !matches!(want, Layout::Posted(x) if x == l) {
+                    return Err(RpmsgError::Config(
+                        "window layout differs from this link's settings".into(),
+                    ));
+                }
+                LinkQueue::Posted(l.open_side_with(&w, Side::B, 0, 0, copy)?)
+            }
+            RingMode::Split | RingMode::Packed => {
+                let l = VirtioLinkLayout::attach(&w)?;
+                if !matches!(want, Layout::Virtio(x) if x == l) {
+                    return Err(RpmsgError::Config(
+                        "window layout differs from this link's settings".into(),
+                    ));
+                }
+                match cfg.mode {
+                    RingMode::Split => {
+                        LinkQueue::SplitRemote(l.open_backend_with::<Split, _>(&w, 0, 0, copy)?)
+                    }
+                    _ => LinkQueue::PackedRemote(l.open_backend_with::<Packed, _>(&w, 0, 0, copy)?),
+                }
+            }
+        };
+        Ok(Link {
+            bus: Rpmsg::new(q, cfg.bus_config())?,
+            window: w,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// [`attach`](Self::attach), retried (yielding, then sleeping 1 ms) until it
+    /// succeeds or `timeout` passes (then the last error).
+    pub fn attach_wait(cfg: &LinkConfig, timeout: Duration) -> Result<Link, RpmsgError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match Self::attach(cfg) {
+                Ok(l) => return Ok(l),
+                Err(e @ RpmsgError::Config(_)) => return Err(e),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// Creates (host) or attaches (remote, waiting up to 10 s) by the role.
+    pub fn open(cfg: &LinkConfig) -> Result<Link, RpmsgError> {
+        match cfg.role {
+            Role::Host => Self::create(cfg),
+            Role::Remote => Self::attach_wait(cfg, Duration::from_secs(10)),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LinkConfig {
+        &self.cfg
+    }
+    /// The window.
+    pub fn window(&self) -> &ShmWindow {
+        &self.window
+    }
+    /// The bus.
+    pub fn bus(&mut self) -> &mut Rpmsg<LinkQueue> {
+        &mut self.bus
+    }
+}
+
+impl core::ops::Deref for Link {
+    type Target = Rpmsg<LinkQueue>;
+    fn deref(&self) -> &Self::Target {
+        &self.bus
+    }
+}
+
+impl core::ops::DerefMut for Link {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.bus
+    }
+}
+
+impl core::fmt::Debug for Link {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Link")
+            .field("cfg", &self.cfg)
+            .field("bus", &self.bus)
+            .finish()
+    }
+}

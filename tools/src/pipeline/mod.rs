@@ -338,6 +338,19 @@ stages = [
     }
 
     #[test]
+    fn peer_and_run_fields() {
+        let text = GOOD.replace("buf_size = 2048", "buf_size = 2048\npeer = \"generator\"")
+            + "\n[run]\npoll = \"yield\"\n";
+        check(&text).unwrap();
+        let e = check(&GOOD.replace("buf_size = 2048", "buf_size = 2048\npeer = \"echo\""))
+            .unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (10, "port[0].peer"), "{e}");
+        assert!(e.msg.contains("expected \"generator\""), "{e}");
+        let e = check(&(GOOD.to_owned() + "\n[run]\npoll = \"nap\"\n")).unwrap_err();
+        assert!(e.msg.contains("unknown variant"), "{e}");
+    }
+
+    #[test]
     fn bound_formula() {
         // 4 KiB + 1 x 2 x (256 x (64 + 2048) + 8 KiB)
         assert_eq!(window_bound(1, 256, 2048), 4096 + 2 * (256 * 2112 + 8192));

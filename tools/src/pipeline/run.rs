@@ -97,6 +97,8 @@ pub struct Pkt {
 }
 
 type SharedQ = Arc<Mutex<QueueHandle>>;
+/// A local ring's two halves until the stages take them.
+type RingEnds = (Option<Producer<Pkt>>, Option<Consumer<Pkt>>);
 
 enum Source {
     Rx(SharedQ),
@@ -604,7 +606,7 @@ fn execute(a: &RunArgs, checked: &config::Checked) -> Result<RunReport, String> 
         .map(|(i, p)| (p.get_ref().name.get_ref().as_str(), i))
         .collect();
     let mut queues: HashMap<(usize, u16), SharedQ> = HashMap::new();
-    let mut rings: HashMap<&str, (Option<Producer<Pkt>>, Option<Consumer<Pkt>>)> = HashMap::new();
+    let mut rings: HashMap<&str, RingEnds> = HashMap::new();
     for r in &cfg.ring {
         let r = r.get_ref();
         let (p, c) = spsc::channel::<Pkt>(*r.size.get_ref() as usize)

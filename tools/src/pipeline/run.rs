@@ -155,7 +155,8 @@ pub struct PortReport {
     pub rx_packets: u64,
     /// Packets transmitted.
     pub tx_packets: u64,
-    /// Queue errors.
+    /// Queue errors during the run (not counting the link going down as the
+    /// generator peers leave at the end).
     pub errors: u64,
     /// Generator peer: packets generated.
     pub generated: Option<u64>,
@@ -737,6 +738,8 @@ fn execute(a: &RunArgs, checked: &config::Checked) -> Result<RunReport, String> 
     );
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     // Stop the generators; keep forwarding while they drain and report.
+    // Queue errors up to here: later ones are the link going down as peers leave.
+    let errors_in_run: Vec<u64> = ports.iter().map(|p| p.stats().total.errors).collect();
     // Relaxed: see `stopping`.
     stopping.store(true, Ordering::Relaxed);
     for p in peers.iter_mut() {
@@ -789,7 +792,7 @@ fn execute(a: &RunArgs, checked: &config::Checked) -> Result<RunReport, String> 
             window: p.window.get_ref().clone(),
             rx_packets: s.total.rx_packets,
             tx_packets: s.total.tx_packets,
-            errors: s.total.errors,
+            errors: errors_in_run.get(i).copied().unwrap_or(0),
             ..Default::default()
         };
         if let Some(k) = peers.iter().position(|x| x.port == i) {

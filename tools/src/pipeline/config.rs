@@ -10,6 +10,10 @@
 //! queues = 1                    # queue pairs, 1..=8
 //! ring_size = 256               # entries per ring, a power of two 2..=32768
 //! buf_size = 2048               # bytes per buffer, a multiple of 64, 64..=65536
+//! peer = "generator"            # optional: `pipeline run` starts a generator peer
+//!
+//! [run]                         # optional: `pipeline run` settings
+//! poll = "spin"                 # spin | yield (idle lcores yield the CPU)
 //!
 //! [[ring]]                      # a local SPSC ring between two stages
 //! name = "r1"
@@ -70,6 +74,28 @@ pub struct Config {
     /// Polling threads.
     #[serde(default)]
     pub lcore: Vec<Spanned<Lcore>>,
+    /// `[run]`: how `pipeline run` runs the config.
+    #[serde(default)]
+    pub run: Option<RunSection>,
+}
+
+/// `[run]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// How an idle lcore waits: `spin` (default) or `yield` (shared machines, tests).
+    #[serde(default)]
+    pub poll: Option<Spanned<PollKind>>,
+}
+
+/// `[run] poll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollKind {
+    /// Busy-poll.
+    Spin,
+    /// Yield the CPU after a few empty polls.
+    Yield,
 }
 
 /// A ring mode.
@@ -115,6 +141,10 @@ pub struct Port {
     pub ring_size: Spanned<u32>,
     /// Bytes per buffer.
     pub buf_size: Spanned<u32>,
+    /// `"generator"`: `pipeline run` starts a peer process on this port's window
+    /// (the other role) that sends sequence-numbered packets and counts returns.
+    #[serde(default)]
+    pub peer: Option<Spanned<String>>,
 }
 
 /// `[[ring]]`.
@@ -486,6 +516,18 @@ fn validate(src: &Src, c: &Config, online: &[usize]) -> Result<(), ConfigError> 
                 f("buf_size"),
                 format!("{buf_size} bytes (expected a multiple of 64 from 64 to 65536)"),
             ));
+        }
+        if let Some(peer) = &p.peer {
+            if peer.get_ref() != "generator" {
+                return Err(src.err(
+                    peer.span(),
+                    f("peer"),
+                    format!(
+                        "unknown peer {:?} (expected \"generator\", or no `peer` for a peer started elsewhere)",
+                        peer.get_ref()
+                    ),
+                ));
+            }
         }
         let need = window_bound(queues, ring_size, buf_size);
         let explain = format!(

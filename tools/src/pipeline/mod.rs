@@ -9,6 +9,7 @@
 //! ```
 
 pub mod config;
+pub mod run;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -27,6 +28,12 @@ pub enum PipelineCmd {
         /// The config file.
         file: PathBuf,
     },
+    /// Run a pipeline config: create/attach its ports, start a generator peer for
+    /// ports with `peer = "generator"`, run the lcores for --duration, print counters.
+    Run(run::RunArgs),
+    /// Internal: the generator peer of one port.
+    #[command(hide = true)]
+    Peer(run::PeerArgs),
 }
 
 /// A human summary of a checked config.
@@ -111,6 +118,8 @@ pub fn summary(c: &Checked) -> String {
 /// Runs a `zerohop pipeline` subcommand.
 pub fn run(cmd: &PipelineCmd) -> ExitCode {
     match cmd {
+        PipelineCmd::Run(a) => run::run(a),
+        PipelineCmd::Peer(a) => run::run_peer(a),
         PipelineCmd::Check { file } => {
             let online = dataplane::lcore::online_cores();
             match config::load(file, &online) {
@@ -326,6 +335,19 @@ stages = [
         let e = check(&text).unwrap_err();
         assert!(e.msg.contains("already has a producer"), "{e}");
         assert_eq!(e.field, "lcore[1].stages[3].ring");
+    }
+
+    #[test]
+    fn peer_and_run_fields() {
+        let text = GOOD.replace("buf_size = 2048", "buf_size = 2048\npeer = \"generator\"")
+            + "\n[run]\npoll = \"yield\"\n";
+        check(&text).unwrap();
+        let e = check(&GOOD.replace("buf_size = 2048", "buf_size = 2048\npeer = \"echo\""))
+            .unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (10, "port[0].peer"), "{e}");
+        assert!(e.msg.contains("expected \"generator\""), "{e}");
+        let e = check(&(GOOD.to_owned() + "\n[run]\npoll = \"nap\"\n")).unwrap_err();
+        assert!(e.msg.contains("unknown variant"), "{e}");
     }
 
     #[test]

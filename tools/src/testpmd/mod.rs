@@ -16,7 +16,7 @@
 //! the stats window are removed when their owners drop (every exit path).
 
 pub mod fwd;
-mod gen;
+pub(crate) mod gen;
 pub mod pkt;
 pub mod statsw;
 

@@ -23,6 +23,7 @@
 use rings::{Mem, MemError, RingError};
 
 pub mod layout;
+pub mod measure;
 pub mod posted;
 pub mod testpkt;
 pub mod virtio;

@@ -343,39 +343,43 @@ fn decode_hist(s: &str) -> Option<Histogram<u64>> {
     Deserializer::new().deserialize(&mut &bytes?[..]).ok()
 }
 
-/// Remote accesses per packet from docs/POSTED_PMD.md's `Counted` measurements
-/// (64 B and 1500 B rows; the nearer row is used). Directions: the generator is the
-/// frontend, so gen -> fwd is F->B and fwd -> gen is B->F.
+/// Remote accesses per packet, measured in this run before the timed phase: a short
+/// duplex run of the same ring mode and packet size between two threads, with every
+/// area a side reaches through the link wrapped in `pmd::window::Counted`
+/// (`pmd::queue::measure`). Directions: the generator is the frontend, so gen -> fwd
+/// is frontend -> backend.
 fn remote_per_pkt(ring: RingArg, kind: GenKind, size: u32) -> (Option<f64>, Option<f64>, String) {
-    let big = size >= 782;
-    // (reads, writes) per packet for F->B and B->F.
-    let (fb, bf) = match ring {
-        RingArg::Posted => {
-            let w = if size <= 48 { 5.029 } else { 6.031 };
-            ((0.0, w), (0.0, w))
-        }
-        RingArg::Split if big => ((4.03, 1.03), (2.03, 3.03)),
-        RingArg::Split => ((4.09, 1.03), (2.09, 3.03)),
-        RingArg::Packed if big => ((4.02, 3.00), (2.02, 5.00)),
-        RingArg::Packed => ((4.07, 3.00), (2.07, 5.00)),
+    use pmd::queue::measure::{remote_accesses, MeasuredRing};
+    const PACKETS: u64 = 20_000;
+    let measured = match ring {
+        RingArg::Posted => MeasuredRing::Posted,
+        RingArg::Split => MeasuredRing::Split,
+        RingArg::Packed => MeasuredRing::Packed,
     };
+    // The measuring layout has 2 KiB buffers (8 bytes of them a virtio header).
+    let probe_size = (size as usize).min(2040);
+    let m = match remote_accesses(measured, probe_size, PACKETS) {
+        Ok(m) => m,
+        Err(e) => return (None, None, format!("not measured: {e}")),
+    };
+    let (fb, bf) = (m.to_backend, m.to_frontend);
     let (r, w) = match kind {
-        GenKind::Stream => fb,
-        GenKind::Sink => bf,
-        GenKind::RoundTrip | GenKind::PingPong => (fb.0 + bf.0, fb.1 + bf.1),
+        GenKind::Stream => (fb.reads, fb.writes),
+        GenKind::Sink => (bf.reads, bf.writes),
+        GenKind::RoundTrip | GenKind::PingPong => (fb.reads + bf.reads, fb.writes + bf.writes),
     };
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     (
         Some(round(r)),
         Some(round(w)),
         format!(
-            "per packet on the mode's path ({}), from the pmd::window::Counted measurements in docs/POSTED_PMD.md ({} row); not instrumented in this run",
+            "measured in this run: {PACKETS} packets of {probe_size} B each way between two threads over a heap window, \
+             remote areas wrapped in pmd::window::Counted; per packet on the mode's path ({})",
             match kind {
                 GenKind::Stream => "gen->fwd",
                 GenKind::Sink => "fwd->gen",
                 _ => "gen->fwd->gen, both directions",
-            },
-            if big { "1500 B" } else if ring == RingArg::Posted && size <= 48 { "32 B inline" } else { "64 B" }
+            }
         ),
     )
 }
@@ -999,14 +1003,15 @@ fn print_result(r: &TestpmdResult) {
     );
     let f = |x: Option<f64>| x.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
     println!(
-        "  remote reads/pkt {}  remote writes/pkt {}  (docs/POSTED_PMD.md figures)",
+        "  remote reads/pkt {}  remote writes/pkt {}  (measured: instrumented pre-run)",
         f(r.remote_reads_per_pkt),
         f(r.remote_writes_per_pkt)
     );
     if let Some(b) = r.placement_probe_ns {
         println!(
             "  placement probe: {b:.0} ns before, {} ns after{}",
-            f(r.placement_probe_after_ns),
+            r.placement_probe_after_ns
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}")),
             if r.placement_changed {
                 " (changed during the run: figure void for comparisons)"
             } else {

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use dataplane::pmd::queue::virtio::{DeviceHalf, DriverHalf};
 #[cfg(test)]
 use dataplane::pmd::window::HeapWindow;
 use dataplane::pmd::window::{self, open_header, OpenOptions, ShmWindow, Window};
@@ -10,7 +11,7 @@ use dataplane::rings::header::{Area, AreaKind, Expect, HeaderParams, HEADER_SIZE
 use dataplane::rings::packed::{PackedDevice, PackedDriver, PackedLayout};
 use dataplane::rings::posted::{PostedLayout, PostedRx, PostedTx, RxMsg};
 use dataplane::rings::split::{SplitDevice, SplitDriver, SplitLayout};
-use dataplane::rings::{BufDesc, ChainInfo, Mem, Region, RingError};
+use dataplane::rings::{BufDesc, Mem, Region, RingError};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -321,19 +322,17 @@ impl Link {
     }
 
     fn send_split(&self, p: &DemoParams, deadline: Instant) -> Result<u64, RingError> {
-        let layout = SplitLayout::new(p.ring_size as u16)?;
-        let mut drv = SplitDriver::new(self.ring.clone(), layout, self.data.clone(), 0)?;
+        let mut drv = SplitDriver::open(self.ring.clone(), p.ring_size as u16, self.data.clone())?;
         self.send_virtio(p, deadline, &mut drv)
     }
 
     fn send_packed(&self, p: &DemoParams, deadline: Instant) -> Result<u64, RingError> {
-        let layout = PackedLayout::new(p.ring_size as u16)?;
-        let mut drv = PackedDriver::new(self.ring.clone(), layout, self.data.clone(), 0)?;
+        let mut drv = PackedDriver::open(self.ring.clone(), p.ring_size as u16, self.data.clone())?;
         self.send_virtio(p, deadline, &mut drv)
     }
 
     /// The driver loop shared by split and packed: reclaim, fill, add, publish.
-    fn send_virtio<D: VirtioDriver>(
+    fn send_virtio<D: DriverHalf<Region>>(
         &self,
         p: &DemoParams,
         deadline: Instant,
@@ -353,7 +352,7 @@ impl Link {
                 return Err(RingError::InvalidRequest("deadline passed"));
             }
             let mut progress = false;
-            while let Some(id) = drv.poll_used()? {
+            while let Some((id, _len)) = drv.poll_used()? {
                 let b = std::mem::replace(&mut by_id[id as usize], usize::MAX);
                 if b == usize::MAX {
                     return Err(RingError::UnexpectedUsedId { id: id as u32 });
@@ -392,8 +391,7 @@ impl Link {
         deadline: Instant,
         chk: &mut Checker,
     ) -> Result<(), RingError> {
-        let layout = SplitLayout::new(p.ring_size as u16)?;
-        let mut dev = SplitDevice::new(self.ring.clone(), layout, self.data.clone(), 0)?;
+        let mut dev = SplitDevice::open(self.ring.clone(), p.ring_size as u16, self.data.clone())?;
         self.recv_virtio(p, deadline, chk, &mut dev)
     }
 
@@ -403,13 +401,12 @@ impl Link {
         deadline: Instant,
         chk: &mut Checker,
     ) -> Result<(), RingError> {
-        let layout = PackedLayout::new(p.ring_size as u16)?;
-        let mut dev = PackedDevice::new(self.ring.clone(), layout, self.data.clone(), 0)?;
+        let mut dev = PackedDevice::open(self.ring.clone(), p.ring_size as u16, self.data.clone())?;
         self.recv_virtio(p, deadline, chk, &mut dev)
     }
 
     /// The device loop shared by split and packed: pop a burst, check, return used.
-    fn recv_virtio<D: VirtioDevice>(
+    fn recv_virtio<D: DeviceHalf<Region>>(
         &self,
         p: &DemoParams,
         deadline: Instant,
@@ -427,7 +424,7 @@ impl Link {
                 let Some(c) = dev.pop(&mut bufs)? else { break };
                 let b = bufs[0];
                 chk.check(&self.data, b.addr as usize, b.len);
-                dev.push_used(&c, 0)?;
+                dev.push_used(c.id, 0, c.slots)?;
                 n += 1;
             }
             if n > 0 {
@@ -508,62 +505,6 @@ impl Link {
             }
         }
         Ok(())
-    }
-}
-
-/// The driver operations the demo loop needs (split and packed alike).
-trait VirtioDriver {
-    fn add(&mut self, bufs: &[BufDesc]) -> Result<u16, RingError>;
-    fn publish(&mut self) -> Result<(), RingError>;
-    fn poll_used(&mut self) -> Result<Option<u16>, RingError>;
-}
-
-/// The device operations the demo loop needs.
-trait VirtioDevice {
-    fn pop(&mut self, bufs: &mut [BufDesc]) -> Result<Option<ChainInfo>, RingError>;
-    fn push_used(&mut self, chain: &ChainInfo, len: u32) -> Result<(), RingError>;
-    fn publish_used(&mut self) -> Result<(), RingError>;
-}
-
-macro_rules! virtio_driver {
-    ($t:ident) => {
-        impl<M: Mem, D: Mem> VirtioDriver for $t<M, D> {
-            fn add(&mut self, bufs: &[BufDesc]) -> Result<u16, RingError> {
-                $t::add(self, bufs)
-            }
-            fn publish(&mut self) -> Result<(), RingError> {
-                $t::publish(self)
-            }
-            fn poll_used(&mut self) -> Result<Option<u16>, RingError> {
-                Ok($t::poll_used(self)?.map(|u| u.id))
-            }
-        }
-    };
-}
-virtio_driver!(SplitDriver);
-virtio_driver!(PackedDriver);
-
-impl<M: Mem, D: Mem> VirtioDevice for SplitDevice<M, D> {
-    fn pop(&mut self, bufs: &mut [BufDesc]) -> Result<Option<ChainInfo>, RingError> {
-        SplitDevice::pop(self, bufs)
-    }
-    fn push_used(&mut self, chain: &ChainInfo, len: u32) -> Result<(), RingError> {
-        SplitDevice::push_used(self, chain.id, len)
-    }
-    fn publish_used(&mut self) -> Result<(), RingError> {
-        SplitDevice::publish_used(self)
-    }
-}
-
-impl<M: Mem, D: Mem> VirtioDevice for PackedDevice<M, D> {
-    fn pop(&mut self, bufs: &mut [BufDesc]) -> Result<Option<ChainInfo>, RingError> {
-        PackedDevice::pop(self, bufs)
-    }
-    fn push_used(&mut self, chain: &ChainInfo, len: u32) -> Result<(), RingError> {
-        PackedDevice::push_used(self, chain.id, len, chain.slots)
-    }
-    fn publish_used(&mut self) -> Result<(), RingError> {
-        PackedDevice::publish_used(self)
     }
 }
 

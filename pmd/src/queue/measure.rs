@@ -1,6 +1,6 @@
 //! Measures the remote accesses per packet of a ring mode: a short duplex run between
-//! two threads over a heap window, with every area a side reaches *through the link*
-//! wrapped in [`Counted`]. Tools call it before a timed run so the figures they print
+//! two threads over a fresh /dev/shm window (removed afterwards), with every area a
+//! side reaches *through the link* wrapped in [`Counted`]. Tools call it before a timed run so the figures they print
 //! were measured in the same run (GUIDE.md section 6).
 //!
 //! Who counts: in `posted` mode both sides reach the other's areas (payload and slots
@@ -20,7 +20,7 @@ use super::{
     Packed, PlainCopy, PostedLinkLayout, PostedQueuePair, QueueError, Side, SideAreas, Split,
     VirtioAreas, VirtioBackend, VirtioLinkLayout,
 };
-use crate::window::{AccessCounters, AccessSnapshot, Counted, HeapWindow};
+use crate::window::{AccessCounters, AccessSnapshot, Counted, ShmWindow, WindowError};
 
 /// Remote reads and writes per packet on one direction's path.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -94,6 +94,18 @@ fn duplex<A: TestQueue, B: TestQueue>(a: &mut A, b: &mut B, t: &Traffic) -> Resu
     }
 }
 
+/// A fresh window under /dev/shm for one measurement (removed when dropped).
+fn scratch_window(size: usize) -> Result<ShmWindow, WindowError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    // Relaxed: only makes the name unique within this process.
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    ShmWindow::create(
+        format!("/dev/shm/zerohop-measure-{}-{n}", std::process::id()),
+        size,
+    )
+}
+
 fn per(x: u64, n: u64) -> f64 {
     (x as f64 / n.max(1) as f64 * 1000.0).round() / 1000.0
 }
@@ -101,7 +113,7 @@ fn per(x: u64, n: u64) -> f64 {
 fn posted(t: &Traffic) -> Result<RemoteAccesses, QueueError> {
     let layout = PostedLayout::new(RING as u32, 64, RING as u32, BUF)?;
     let l = PostedLinkLayout::new(layout, 1)?;
-    let w = HeapWindow::new(l.window_size())?;
+    let w = scratch_window(l.window_size())?;
     l.create(&w)?;
     // Per side: [its TX into the peer's rx area, its RX's credits into the peer's tx area].
     let open = |side: Side| -> Result<_, QueueError> {
@@ -142,7 +154,7 @@ fn posted(t: &Traffic) -> Result<RemoteAccesses, QueueError> {
 
 fn virtio<K: RingKind>(mode: RingMode, t: &Traffic) -> Result<RemoteAccesses, QueueError> {
     let l = VirtioLinkLayout::new(mode, RING, BUF, 1)?;
-    let w = HeapWindow::new(l.window_size())?;
+    let w = scratch_window(l.window_size())?;
     l.create(&w)?;
     let mut f = l.open_frontend::<K>(&w, 0)?;
     // The backend's view of the frontend's memory: [TX ring, RX ring, data].

@@ -373,7 +373,7 @@ fn remote_per_pkt(ring: RingArg, kind: GenKind, size: u32) -> (Option<f64>, Opti
         Some(round(r)),
         Some(round(w)),
         format!(
-            "measured in this run: {PACKETS} packets of {probe_size} B each way between two threads over a heap window, \
+            "measured in this run: {PACKETS} packets of {probe_size} B each way between two threads over a scratch /dev/shm window, \
              remote areas wrapped in pmd::window::Counted; per packet on the mode's path ({})",
             match kind {
                 GenKind::Stream => "gen->fwd",

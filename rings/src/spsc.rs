@@ -83,6 +83,11 @@ pub enum ChunkError {
 }
 
 /// The part both halves share.
+///
+/// Keep `tail` before `head`: with the `Arc` counts in front of this block, putting
+/// `head` first measured 0.63x-0.94x of the current order in `spsc_ratio` (two full
+/// runs each); the mechanism (probably a prefetcher pulling the other side's line) is
+/// not verified.
 struct Shared<T> {
     /// Next index the producer writes. Written only by the producer.
     tail: CachePadded<AtomicUsize>,

@@ -90,8 +90,8 @@ use rings::{Mem, Region};
 
 /// Size of the Config area (the control block needs `rings::control::BLOCK_SIZE`).
 const CONFIG_AREA: usize = 4096;
-/// Slot size of posted rings (48 bytes of inline payload per slot).
-const SLOT_SIZE: u32 = 64;
+/// Slot size of posted rings (see `pmd::queue::POSTED_SLOT_SIZE`).
+const SLOT_SIZE: u32 = pmd::queue::POSTED_SLOT_SIZE;
 /// Most queue pairs a port has: the header has 16 areas, two per queue plus Config.
 pub const MAX_PORT_QUEUES: u16 = 7;
 /// Handles per free run (a stack array, no allocation).

@@ -46,7 +46,7 @@ pub struct RemoteAccesses {
 /// Which ring mode to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MeasuredRing {
-    /// zerohop's posted ring (64-byte slots, 2 KiB buffers).
+    /// zerohop's posted ring (`POSTED_SLOT_SIZE` slots, 2 KiB buffers).
     Posted,
     /// virtio split virtqueues.
     Split,
@@ -111,7 +111,8 @@ fn per(x: u64, n: u64) -> f64 {
 }
 
 fn posted(t: &Traffic) -> Result<RemoteAccesses, QueueError> {
-    let layout = PostedLayout::new(RING as u32, 64, RING as u32, BUF)?;
+    // The geometry ports use (`POSTED_SLOT_SIZE`), so the counts match the run.
+    let layout = PostedLayout::new(RING as u32, super::POSTED_SLOT_SIZE, RING as u32, BUF)?;
     let l = PostedLinkLayout::new(layout, 1)?;
     let w = scratch_window(l.window_size())?;
     l.create(&w)?;

@@ -19,6 +19,8 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::latency::LatencySummary;
+
 pub use link::{Mode, PollMode};
 
 /// Parameters shared by both processes.
@@ -75,7 +77,7 @@ pub struct DemoResult {
     /// Payload gigabits per second.
     pub gbps: f64,
     /// Latency percentiles in ns.
-    pub latency_ns: Percentiles,
+    pub latency_ns: LatencySummary,
     /// An error on the sender side, if any.
     pub tx_error: Option<String>,
     /// Same-run placement probe (one-cache-line ping-pong RTT, ns) before and after
@@ -84,36 +86,6 @@ pub struct DemoResult {
     /// True if the probe says the core placement changed during the run (the
     /// throughput figure is then void as a comparison; see BASELINES.md).
     pub placement_changed: bool,
-}
-
-/// Latency percentiles in nanoseconds.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Percentiles {
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// 99.99th percentile.
-    pub p9999: u64,
-    /// Maximum.
-    pub max: u64,
-}
-
-impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Self {
-        Percentiles {
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            p9999: h.value_at_quantile(0.9999),
-            max: h.max(),
-        }
-    }
 }
 
 /// Nanoseconds on CLOCK_MONOTONIC: comparable across processes on one host.
@@ -258,7 +230,7 @@ pub fn run_mode(p: &DemoParams, dir: &Path) -> Result<DemoResult, String> {
         sent,
         mpps: rx.received as f64 / secs / 1e6,
         gbps: rx.received as f64 * p.size as f64 * 8.0 / secs / 1e9,
-        latency_ns: Percentiles::of(&hist),
+        latency_ns: LatencySummary::of(&hist),
         rx,
         tx_error: tx_result.err(),
         placement_probe_ns,

@@ -36,7 +36,7 @@ mod virtio_tests;
 
 pub use layout::{PostedLinkLayout, Side, SideAreas};
 pub use posted::{PktHandle, PktReturner, PostedQueuePair, QueueStats, RxPkt, TxSlot};
-pub use virtio::{Packed, RingMode, Split, VirtioAreas, VirtioBackend, VirtioFrontend};
+pub use virtio::{Packed, PktHeader, RingMode, Split, VirtioAreas, VirtioBackend, VirtioFrontend};
 pub use virtio_layout::VirtioLinkLayout;
 
 /// Default burst size (GUIDE.md section 4).

@@ -18,7 +18,8 @@
 //!  +-----------------------------------+
 //! ```
 //!
-//! Every buffer starts with an 8-byte packet header (the role of `virtio_net_hdr`):
+//! By default ([`PktHeader::Meta`]) every buffer starts with an 8-byte packet header
+//! (the role of `virtio_net_hdr`):
 //!
 //! ```text
 //!  0      2          8                         8 + len
@@ -30,6 +31,12 @@
 //! Each chain is a single descriptor covering header + payload. The frontend's TX
 //! chains are device-readable (`len` = 8 + payload), its RX chains device-writable
 //! (`len` = the buffer size; the used length is 8 + payload).
+//!
+//! With [`PktHeader::None`] a buffer holds the payload alone, from its first byte,
+//! and the lengths above lose the 8: the buffer format of a stock virtio device
+//! whose protocol carries its own header (a virtio_rpmsg_bus buffer starts with
+//! `struct rpmsg_hdr`; a virtio-net application puts `virtio_net_hdr` first). The
+//! choice is recorded in the window header ([`super::VirtioLinkLayout`]).
 //!
 //! # Buffer ownership
 //!
@@ -284,6 +291,35 @@ pub struct VirtioGeometry {
     pub ring_size: u16,
     /// Bytes per buffer, header included (a multiple of 64, > [`PKT_HDR`]).
     pub buf_size: u32,
+    /// What each buffer starts with.
+    pub header: PktHeader,
+}
+
+/// What each packet buffer of a split/packed queue pair starts with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PktHeader {
+    /// zerohop's 8-byte header (`meta`, reserved): the default; carries the `meta`
+    /// argument of the transmit calls.
+    #[default]
+    Meta,
+    /// Nothing: the payload starts at the buffer's first byte and its length is the
+    /// descriptor's (or used entry's) length, as in a stock virtio_rpmsg_bus buffer
+    /// (which starts with its own `rpmsg_hdr`). `meta` is not carried (received as 0).
+    None,
+}
+
+impl PktHeader {
+    /// Bytes of the header in each buffer (8 or 0).
+    pub const fn len(self) -> usize {
+        match self {
+            PktHeader::Meta => PKT_HDR,
+            PktHeader::None => 0,
+        }
+    }
+    /// True for [`PktHeader::None`].
+    pub const fn is_empty(self) -> bool {
+        matches!(self, PktHeader::None)
+    }
 }
 
 impl VirtioGeometry {
@@ -304,7 +340,13 @@ impl VirtioGeometry {
         Ok(VirtioGeometry {
             ring_size,
             buf_size,
+            header: PktHeader::Meta,
         })
+    }
+    /// The same geometry with buffers that start with `header`.
+    pub fn with_header(mut self, header: PktHeader) -> Self {
+        self.header = header;
+        self
     }
     /// Bytes of the data area (`2 * ring_size` buffers).
     pub fn data_bytes(&self) -> usize {
@@ -312,7 +354,7 @@ impl VirtioGeometry {
     }
     /// Largest payload.
     pub fn max_payload(&self) -> usize {
-        self.buf_size as usize - PKT_HDR
+        self.buf_size as usize - self.header.len()
     }
 }
 
@@ -353,17 +395,24 @@ fn protocol(
     QueueError::Protocol { what, value }
 }
 
-/// Writes the packet header (meta) at `off`.
+/// Writes the packet header (meta) at `off` (nothing with [`PktHeader::None`]).
 #[inline]
-fn write_hdr<M: Mem>(mem: &M, off: usize, meta: u16) -> Result<(), QueueError> {
+fn write_hdr<M: Mem>(hdr: PktHeader, mem: &M, off: usize, meta: u16) -> Result<(), QueueError> {
+    if hdr.is_empty() {
+        return Ok(());
+    }
     let mut h = [0u8; PKT_HDR];
     h[..2].copy_from_slice(&meta.to_le_bytes());
     Ok(mem.write_bytes(off, &h)?)
 }
 
-/// Reads the meta field of the packet header at `off` (one fetch).
+/// Reads the meta field of the packet header at `off` (one fetch; 0 with
+/// [`PktHeader::None`]).
 #[inline]
-fn read_meta<M: Mem>(mem: &M, off: usize) -> Result<u16, QueueError> {
+fn read_meta<M: Mem>(hdr: PktHeader, mem: &M, off: usize) -> Result<u16, QueueError> {
+    if hdr.is_empty() {
+        return Ok(0);
+    }
     let mut m = [0u8; 2];
     mem.read_bytes(off, &mut m)?;
     Ok(u16::from_le_bytes(m))
@@ -409,6 +458,12 @@ pub struct VirtioFrontend<K: RingKind, M: Mem + Send, C: CopyFn = PlainCopy> {
 }
 
 impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioFrontend<K, M, C> {
+    /// Bytes of the packet header at the start of each buffer (8 or 0).
+    #[inline(always)]
+    fn hdr(&self) -> usize {
+        self.geo.header.len()
+    }
+
     /// Attaches the frontend: initialises both rings (driver halves) and posts the
     /// whole RX pool. `max_burst` is clamped to `1..=`[`MAX_BURST`]; 0 means
     /// [`DEFAULT_BURST`].
@@ -592,7 +647,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioFrontend<K, M, C> {
         let off = self.buf_off(buf);
         let r = self
             .tx
-            .add(&[BufDesc::readable(off as u64, (PKT_HDR + len) as u32)]);
+            .add(&[BufDesc::readable(off as u64, (self.hdr() + len) as u32)]);
         let id = ring_err(&mut self.broken, &mut self.stats, r)?;
         if let Some(s) = self.tx_ids.get_mut(id as usize) {
             *s = buf;
@@ -619,7 +674,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioFrontend<K, M, C> {
     fn live_slot(&self, slot: &TxSlot) -> bool {
         slot.index() < self.geo.ring_size as u32
             && self.tx_out.get(slot.index())
-            && slot.offset() == self.buf_off(slot.index()) + PKT_HDR
+            && slot.offset() == self.buf_off(slot.index()) + self.hdr()
     }
 }
 
@@ -651,7 +706,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioFrontend<
             }
             self.rx_posted -= 1;
             // `len` was checked against the buffer by the driver half.
-            if (len as usize) < PKT_HDR {
+            if (len as usize) < self.hdr() {
                 self.rx_free.push(buf);
                 return Err(protocol(
                     &mut self.broken,
@@ -661,15 +716,15 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioFrontend<
                 ));
             }
             let off = self.buf_off(buf);
-            let meta = read_meta(self.rx.data(), off)?;
+            let meta = read_meta(self.geo.header, self.rx.data(), off)?;
             self.rx_held.set(buf, true);
             out[n] = RxPkt {
                 handle: PktHandle::from_raw(buf),
-                off: off + PKT_HDR,
-                len: len - PKT_HDR as u32,
+                off: off + self.hdr(),
+                len: len - self.hdr() as u32,
                 meta,
             };
-            bytes += (len as usize - PKT_HDR) as u64;
+            bytes += (len as usize - self.hdr()) as u64;
             n += 1;
         }
         if n == 0 {
@@ -723,8 +778,8 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioFrontend<
             }
             let Some(buf) = self.tx_free.pop() else { break };
             let off = self.buf_off(buf);
-            let r = write_hdr(self.tx.data(), off, meta)
-                .and_then(|()| Ok(self.copy.copy(self.tx.data(), off + PKT_HDR, p)?))
+            let r = write_hdr(self.geo.header, self.tx.data(), off, meta)
+                .and_then(|()| Ok(self.copy.copy(self.tx.data(), off + self.hdr(), p)?))
                 .and_then(|()| self.add_tx(buf, p.len()));
             if let Err(e) = r {
                 self.tx_free.push(buf);
@@ -749,7 +804,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioFrontend<
         let mut n = 0;
         while n < want {
             let Some(buf) = self.tx_free.pop() else { break };
-            let off = self.buf_off(buf) + PKT_HDR;
+            let off = self.buf_off(buf) + self.hdr();
             let ptr = match self.tx.data().range_ptr(off, cap) {
                 Ok(p) => p,
                 Err(e) => {
@@ -792,7 +847,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioFrontend<
                 break;
             }
             let buf = slot.index();
-            let r = write_hdr(self.tx.data(), self.buf_off(buf), meta)
+            let r = write_hdr(self.geo.header, self.tx.data(), self.buf_off(buf), meta)
                 .and_then(|()| self.add_tx(buf, len as usize));
             if let Err(e) = r {
                 result = Err(e);
@@ -894,6 +949,12 @@ pub struct VirtioBackend<K: RingKind, M: Mem + Send, C: CopyFn = PlainCopy> {
 }
 
 impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
+    /// Bytes of the packet header at the start of each buffer (8 or 0).
+    #[inline(always)]
+    fn hdr(&self) -> usize {
+        self.geo.header.len()
+    }
+
     /// Attaches to the rings the frontend initialised (writes nothing).
     pub fn new(
         areas: VirtioAreas<M>,
@@ -960,6 +1021,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
         broken: &mut bool,
         stats: &mut QueueStats,
         writable: bool,
+        hdr: usize,
     ) -> Result<Option<Chain>, QueueError> {
         let r = dev.pop(scratch);
         let Some(c) = ring_err(broken, stats, r)? else {
@@ -975,7 +1037,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
             ));
         }
         // The device half checked `addr + len` against the data area.
-        if (b.len as usize) < PKT_HDR {
+        if (b.len as usize) < hdr {
             return Err(protocol(
                 broken,
                 stats,
@@ -1033,12 +1095,14 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
         if let Some(c) = self.tx_stash.pop() {
             return Ok(Some(c));
         }
+        let hdr = self.hdr();
         Self::pop_chain(
             &mut self.tx,
             &mut self.scratch,
             &mut self.broken,
             &mut self.stats,
             true,
+            hdr,
         )
     }
 
@@ -1059,7 +1123,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
 
     fn live_slot(&self, slot: &TxSlot) -> Option<Chain> {
         let c = (*self.tx_out.get(slot.index() as usize)?)?;
-        (c.addr + PKT_HDR == slot.offset()).then_some(c)
+        (c.addr + self.hdr() == slot.offset()).then_some(c)
     }
 }
 
@@ -1071,6 +1135,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K
         let want = out.len().min(self.max_burst);
         let mut n = 0;
         let mut bytes = 0u64;
+        let hdr = self.hdr();
         while n < want {
             let Some(c) = Self::pop_chain(
                 &mut self.rx,
@@ -1078,20 +1143,21 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K
                 &mut self.broken,
                 &mut self.stats,
                 false,
+                hdr,
             )?
             else {
                 break;
             };
-            let meta = read_meta(self.rx.data(), c.addr)?;
+            let meta = read_meta(self.geo.header, self.rx.data(), c.addr)?;
             // Ids are < N (validated by the device half).
             self.rx_held.set(c.id as u32, true);
             if let Some(s) = self.rx_slots.get_mut(c.id as usize) {
                 *s = c.slots;
             }
-            let len = c.len - PKT_HDR as u32;
+            let len = c.len - self.hdr() as u32;
             out[n] = RxPkt {
                 handle: PktHandle::from_raw(c.id as u32),
-                off: c.addr + PKT_HDR,
+                off: c.addr + self.hdr(),
                 len,
                 meta,
             };
@@ -1158,7 +1224,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K
             }) else {
                 break;
             };
-            let max = c.len as usize - PKT_HDR;
+            let max = c.len as usize - self.hdr();
             if p.len() > max {
                 self.tx_stash.push(c);
                 if n == 0 {
@@ -1167,14 +1233,16 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K
                 break;
             }
             let data = self.tx.data();
-            let r = write_hdr(data, c.addr, meta)
-                .and_then(|()| Ok(self.copy.copy(data, c.addr + PKT_HDR, p)?));
+            let r = write_hdr(self.geo.header, data, c.addr, meta)
+                .and_then(|()| Ok(self.copy.copy(data, c.addr + self.hdr(), p)?));
             if let Err(e) = r {
                 self.tx_stash.push(c);
                 result = Err(e);
                 break;
             }
-            let r = self.tx.push_used(c.id, (PKT_HDR + p.len()) as u32, c.slots);
+            let r = self
+                .tx
+                .push_used(c.id, (self.hdr() + p.len()) as u32, c.slots);
             if let Err(e) = ring_err(&mut self.broken, &mut self.stats, r) {
                 result = Err(e);
                 break;
@@ -1197,8 +1265,8 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K
             let Some(c) = self.next_tx_chain()? else {
                 break;
             };
-            let cap = c.len as usize - PKT_HDR;
-            let ptr = match self.tx.data().range_ptr(c.addr + PKT_HDR, cap) {
+            let cap = c.len as usize - self.hdr();
+            let ptr = match self.tx.data().range_ptr(c.addr + self.hdr(), cap) {
                 Ok(p) => p,
                 Err(e) => {
                     self.tx_stash.push(c);
@@ -1210,7 +1278,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K
                 break;
             };
             *entry = Some(c);
-            out[n] = TxSlot::new(c.id as u32, c.addr + PKT_HDR, cap as u32, ptr);
+            out[n] = TxSlot::new(c.id as u32, c.addr + self.hdr(), cap as u32, ptr);
             n += 1;
         }
         if n < out.len() {
@@ -1244,11 +1312,11 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K
                 });
                 break;
             };
-            if let Err(e) = write_hdr(self.tx.data(), c.addr, meta) {
+            if let Err(e) = write_hdr(self.geo.header, self.tx.data(), c.addr, meta) {
                 result = Err(e);
                 break;
             }
-            let r = self.tx.push_used(c.id, PKT_HDR as u32 + len, c.slots);
+            let r = self.tx.push_used(c.id, self.hdr() as u32 + len, c.slots);
             if let Err(e) = ring_err(&mut self.broken, &mut self.stats, r) {
                 result = Err(e);
                 break;

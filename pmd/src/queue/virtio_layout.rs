@@ -17,6 +17,8 @@
 //!  ...                              window_size = HEADER_SIZE + queues * block
 //! ```
 //!
+//! `raw` is 1 when buffers carry no zerohop packet header ([`PktHeader::None`]).
+//!
 //! The creator (the frontend) zeroes every area, initialises every ring with its
 //! driver halves, and only then writes the header, whose init stamp comes last: a
 //! backend that opens a valid header sees initialised rings. The backend rebuilds the
@@ -26,8 +28,8 @@ use rings::header::{Area, AreaKind, Expect, HeaderInfo, HeaderParams, HEADER_SIZ
 use rings::{Mem, Region};
 
 use super::virtio::{
-    DriverHalf, Packed, RingKind, RingMode, Split, VirtioAreas, VirtioBackend, VirtioFrontend,
-    VirtioGeometry,
+    DriverHalf, Packed, PktHeader, RingKind, RingMode, Split, VirtioAreas, VirtioBackend,
+    VirtioFrontend, VirtioGeometry,
 };
 use super::{CopyFn, PlainCopy, QueueError};
 use crate::window::{self, Window};
@@ -85,6 +87,13 @@ impl VirtioLinkLayout {
         })
     }
 
+    /// The same layout with buffers that start with `header` (default
+    /// [`PktHeader::Meta`]); recorded in the window header, so the backend learns it.
+    pub fn with_header(mut self, header: PktHeader) -> Self {
+        self.geo = self.geo.with_header(header);
+        self
+    }
+
     /// The ring mode.
     pub fn mode(&self) -> RingMode {
         self.mode
@@ -118,6 +127,7 @@ impl VirtioLinkLayout {
         let mut v = Vec::with_capacity(3 * self.queues as usize);
         let size = self.geo.ring_size as u64;
         let buf = self.geo.buf_size as u64;
+        let raw = self.geo.header.is_empty() as u64;
         for q in 0..self.queues {
             let base = self.block_off(q);
             for (dir, off) in [(0u64, 0usize), (1, self.rx_off)] {
@@ -126,7 +136,7 @@ impl VirtioLinkLayout {
                     (base + off) as u64,
                     self.ring_bytes as u64,
                 );
-                a.param = size | (q as u64) << 16 | dir << 24 | buf << 32;
+                a.param = size | (q as u64) << 16 | dir << 24 | raw << 25 | buf << 32;
                 v.push(a);
             }
             let mut d = Area::new(
@@ -210,7 +220,12 @@ impl VirtioLinkLayout {
         if !areas.len().is_multiple_of(3) || areas.len() > 3 * MAX_VIRTIO_QUEUES as usize {
             return Err(bad("virtio area count", areas.len() as u64));
         }
-        let me = Self::new(mode, size, buf as u32, (areas.len() / 3) as u16)?;
+        let header = if p >> 25 & 1 == 1 {
+            PktHeader::None
+        } else {
+            PktHeader::Meta
+        };
+        let me = Self::new(mode, size, buf as u32, (areas.len() / 3) as u16)?.with_header(header);
         let want = me.header_areas();
         if want.iter().zip(areas.iter()).any(|(a, b)| a != *b) {
             return Err(bad("virtio areas differ from the layout they describe", p));

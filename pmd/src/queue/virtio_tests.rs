@@ -9,7 +9,7 @@ use rings::split::SplitLayout;
 use rings::{Mem, Region, RingError};
 
 use super::testpkt::{run_duplex, Traffic, TrafficReport};
-use super::virtio::{RingKind, VirtioGeometry, PKT_HDR};
+use super::virtio::{PktHeader, RingKind, VirtioGeometry, PKT_HDR};
 use super::*;
 use crate::window::{AccessCounters, AccessSnapshot, Counted, HeapWindow, Window};
 
@@ -458,4 +458,83 @@ fn layout_round_trips_and_rejects_tampering() {
     let tiny = HeapWindow::new(8192).unwrap();
     assert!(l.create(&tiny).is_err());
     let _ = tiny.len();
+}
+
+/// [`PktHeader::None`]: the payload starts at the buffer's first byte (as an
+/// `rpmsg_hdr` does in a virtio_rpmsg_bus buffer), lengths are the descriptor's and
+/// the used entry's, the mode travels in the window header, and traffic is intact.
+fn raw_buffers<K: RingKind>() {
+    let l = VirtioLinkLayout::new(K::MODE, RING, BUF, 1)
+        .unwrap()
+        .with_header(PktHeader::None);
+    let w = HeapWindow::new(l.window_size()).unwrap();
+    l.create(&w).unwrap();
+    let peer = VirtioLinkLayout::attach(&w).unwrap();
+    assert_eq!(peer, l);
+    assert_eq!(peer.geometry().header, PktHeader::None);
+    assert_eq!(peer.geometry().max_payload(), BUF as usize);
+    let mut f = l.open_frontend::<K>(&w, 0).unwrap();
+    let mut b = peer.open_backend::<K>(&w, 0).unwrap();
+
+    let msg = b"\x00\x04\x00\x00\x35\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\x00hello";
+    assert_eq!(f.tx_burst(&[&msg[..]], 9).unwrap(), 1);
+    let mut pk = [RxPkt::default(); 4];
+    assert_eq!(b.rx_burst(&mut pk).unwrap(), 1);
+    assert_eq!((pk[0].len as usize, pk[0].meta), (msg.len(), 0));
+    assert_eq!(
+        pk[0].off % BUF as usize,
+        0,
+        "payload at the buffer's first byte"
+    );
+    let mut got = vec![0u8; msg.len()];
+    b.data().read_bytes(pk[0].off, &mut got).unwrap();
+    assert_eq!(&got[..], &msg[..]);
+    b.free(&[pk[0].handle]).unwrap();
+
+    let mut s = [TxSlot::default(); 1];
+    assert_eq!(b.alloc_tx(&mut s).unwrap(), 1);
+    assert_eq!(s[0].capacity(), BUF);
+    assert_eq!(s[0].offset() % BUF as usize, 0);
+    b.tx_write(&s[0], 0, b"world!").unwrap();
+    assert_eq!(b.tx_commit(&[(s[0], 6, 1)]).unwrap(), 1);
+    assert_eq!(f.rx_burst(&mut pk).unwrap(), 1);
+    assert_eq!((pk[0].len, pk[0].meta, pk[0].off % BUF as usize), (6, 0, 0));
+    f.free(&[pk[0].handle]).unwrap();
+    // A full-buffer payload fits; one byte more does not.
+    let full = vec![7u8; BUF as usize];
+    assert_eq!(f.tx_burst(&[&full[..]], 0).unwrap(), 1);
+    assert!(matches!(
+        f.tx_burst(&[&[0u8; BUF as usize + 1][..]], 0),
+        Err(QueueError::TooLarge { .. })
+    ));
+    assert_eq!(b.rx_burst(&mut pk).unwrap(), 1);
+    assert_eq!(pk[0].len, BUF);
+    b.free(&[pk[0].handle]).unwrap();
+    drop((f, b));
+
+    // Duplex traffic with sequence numbers and checksums in the payload.
+    let l2 = VirtioLinkLayout::attach(&w).unwrap();
+    l2.create(&w).unwrap();
+    let mut f = l2.open_frontend::<K>(&w, 0).unwrap();
+    let mut b = l2.open_backend::<K>(&w, 0).unwrap();
+    let count = 20_000;
+    let mut t = Traffic::new(count, &[64, 1500, 17, 2048]);
+    t.deadline = Duration::from_secs(60);
+    t.check_meta = false;
+    let (rf, rb) = std::thread::scope(|s| {
+        let hb = s.spawn(|| run_duplex(&mut b, &t));
+        (run_duplex(&mut f, &t), hb.join().unwrap())
+    });
+    assert!(rf.clean(count), "frontend {rf:?}");
+    assert!(rb.clean(count), "backend {rb:?}");
+}
+
+#[test]
+fn split_raw_buffers_start_with_the_payload() {
+    raw_buffers::<Split>();
+}
+
+#[test]
+fn packed_raw_buffers_start_with_the_payload() {
+    raw_buffers::<Packed>();
 }

@@ -395,7 +395,7 @@ pub(crate) fn map_file_guarded(
         len,
         source,
     };
-    if len == 0 || guard == 0 || guard % page_size() != 0 {
+    if len == 0 || guard == 0 || !guard.is_multiple_of(page_size()) {
         return map_file(file, len, path);
     }
     // Reserve guard + len (rounded to `guard`) + guard, plus `guard` of slack to

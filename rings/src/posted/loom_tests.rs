@@ -163,3 +163,22 @@ fn loom_posted_inline_waits_for_consumed() {
         t.join().unwrap();
     });
 }
+
+/// (d) No lost wake-up (edges W1/W2): B arms `wake` and re-checks its slot while A
+/// publishes and checks `wake`. Either B's re-check sees the slot (it polls instead
+/// of sleeping) or A is told to ring the doorbell; never neither.
+#[test]
+fn loom_posted_wake_request_is_never_lost() {
+    builder().check(|| {
+        let l = PostedLayout::new(2, 64, 0, 64).unwrap();
+        let (mut tx, mut rx) = halves(l);
+        let t = loom::thread::spawn(move || {
+            assert!(tx.send(&[7], 0).unwrap());
+            tx.publish().unwrap();
+            tx.needs_notify().unwrap()
+        });
+        let ready = rx.set_notification(true).unwrap();
+        let notified = t.join().unwrap();
+        assert!(ready || notified, "lost wake-up");
+    });
+}

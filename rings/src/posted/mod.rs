@@ -307,6 +307,14 @@ impl PostedLayout {
     pub fn consumed_off(&self) -> usize {
         (self.slots as usize * CREDIT_SIZE as usize).next_multiple_of(PAD as usize)
     }
+    /// Tx area: offset of `wake` (B's "notify me" request, in the second half of
+    /// `consumed`'s 128-byte line): 0 = B polls, no notification; `p + 1` = B sleeps
+    /// until A publishes position `p` (virtio's event index, with a lap-tag style
+    /// encoding so that zeroed memory means "not armed").
+    #[inline]
+    pub fn wake_off(&self) -> usize {
+        self.consumed_off() + 64
+    }
     /// Bytes the tx area needs.
     #[inline]
     pub fn tx_area_size(&self) -> usize {

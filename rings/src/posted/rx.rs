@@ -7,7 +7,7 @@ use super::{
 };
 use crate::error::RingError;
 use crate::mem::Mem;
-use crate::sync::Ordering;
+use crate::sync::{fence, Ordering};
 
 /// Receiving half of a posted ring. `L` is B's rx area (local: slots and buffers
 /// arrive here), `R` is A's tx area (remote: B only writes credits and `consumed`).
@@ -311,6 +311,41 @@ impl<L: Mem, R: Mem> PostedRx<L, R> {
                 }
             }
             Ok(())
+        })
+    }
+
+    /// Asks A to ring our doorbell when it publishes the next position we would poll
+    /// (`enable`), or stops asking. Returns true when that slot is already published:
+    /// poll again instead of sleeping.
+    ///
+    /// Enabling is the slow path before sleeping, so it may afford the one remote
+    /// load posted mode ever makes: after the store of `wake` into A's memory it reads
+    /// the word back, which on PCIe flushes the posted write to A before we re-check
+    /// our own slot (a read completion is ordered behind earlier posted writes); on
+    /// one host it is a cheap load.
+    pub fn set_notification(&mut self, enable: bool) -> Result<bool, RingError> {
+        self.guarded(|s| {
+            let off = s.layout.wake_off();
+            if !enable {
+                // Relaxed: a hint for A; a late disable only costs a spurious doorbell.
+                s.remote.store_u32(off, 0, Ordering::Relaxed)?;
+                return Ok(false);
+            }
+            // Relaxed: ordered before the re-check below by W2.
+            s.remote
+                .store_u32(off, s.cursor.wrapping_add(1), Ordering::Relaxed)?;
+            // Relaxed: a read-back that only flushes the store above across a link;
+            // its value is not used.
+            let _ = s.remote.load_u32(off, Ordering::Relaxed)?;
+            // SeqCst fence (W2): orders the `wake` store before the re-check of the
+            // slot; pairs with W1 in PostedTx::needs_notify: either A sees our
+            // request or we see its slot.
+            fence(Ordering::SeqCst);
+            let slot = s.layout.slot_off(s.cursor & s.mask);
+            // Relaxed: a peek at the lap tag (only compared; poll re-reads the slot
+            // with Acquire before using anything in it).
+            let seq = s.local.load_u32(slot, Ordering::Relaxed)?;
+            Ok(seq == s.cursor.wrapping_add(1))
         })
     }
 

@@ -957,3 +957,62 @@ fn two_threads_move_500k_messages() {
     assert_eq!(rx.inline_received(), inline_sent);
     assert!(inline_sent > 0 && inline_sent < N);
 }
+
+// ---- notifications ------------------------------------------------------------------
+
+#[test]
+fn wake_requests_follow_event_index_rules() {
+    let mut p = pair(small());
+    // Nobody asked: publishing never notifies.
+    assert!(p.tx.send(&[1], 0).unwrap());
+    p.tx.publish().unwrap();
+    assert!(!p.tx.needs_notify().unwrap());
+    // B has a published slot waiting: arming says "poll instead of sleeping".
+    assert!(p.rx.set_notification(true).unwrap());
+    let mut out = [RxMsg::default(); 4];
+    assert_eq!(p.rx.poll(&mut out).unwrap(), 1);
+    p.rx.release_slots(1).unwrap();
+    p.rx.complete().unwrap();
+    // Nothing waiting: armed at position 1; the next publish notifies once.
+    assert!(!p.rx.set_notification(true).unwrap());
+    assert!(p.tx.send(&[2], 0).unwrap());
+    p.tx.publish().unwrap();
+    assert!(p.tx.needs_notify().unwrap());
+    assert!(p.tx.send(&[3], 0).unwrap());
+    p.tx.publish().unwrap();
+    assert!(!p.tx.needs_notify().unwrap(), "one doorbell per request");
+    // Disarmed: no more doorbells.
+    p.rx.set_notification(false).unwrap();
+    assert_eq!(p.rx.poll(&mut out).unwrap(), 2);
+    p.rx.release_slots(2).unwrap();
+    p.rx.complete().unwrap();
+    assert!(p.tx.send(&[4], 0).unwrap());
+    p.tx.publish().unwrap();
+    assert!(!p.tx.needs_notify().unwrap());
+    // A batch crossing the requested position notifies.
+    assert_eq!(p.rx.poll(&mut out).unwrap(), 1);
+    p.rx.release_slots(1).unwrap();
+    p.rx.complete().unwrap();
+    assert!(!p.rx.set_notification(true).unwrap());
+    assert!(p.tx.send(&[5], 0).unwrap());
+    assert!(p.tx.send(&[6], 0).unwrap());
+    p.tx.publish().unwrap();
+    assert!(p.tx.needs_notify().unwrap());
+    // A hostile `wake` word only decides doorbells: any value is harmless.
+    for w in [u32::MAX, 1, 0x8000_0000, 12345] {
+        p.tx.local()
+            .store_u32(small().wake_off(), w, Ordering::Relaxed)
+            .unwrap();
+        let _ = p.tx.needs_notify().unwrap();
+    }
+    // Reset zeroes the request.
+    p.tx.reset().unwrap();
+    assert_eq!(
+        p.tx.local()
+            .load_u32(small().wake_off(), Ordering::Relaxed)
+            .unwrap(),
+        0
+    );
+    p.tx_area.assert_canaries();
+    p.rx_area.assert_canaries();
+}

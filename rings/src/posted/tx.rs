@@ -41,6 +41,8 @@ pub struct PostedTx<L: Mem, R: Mem> {
     pending_inline: u64,
     sent: u64,
     inline_sent: u64,
+    /// `published` at the previous [`needs_notify`](Self::needs_notify).
+    notify_old: u32,
     broken: bool,
 }
 
@@ -69,6 +71,7 @@ impl<L: Mem, R: Mem> PostedTx<L, R> {
             pending_inline: 0,
             sent: 0,
             inline_sent: 0,
+            notify_old: 0,
             broken: false,
         })
     }
@@ -396,8 +399,34 @@ impl<L: Mem, R: Mem> PostedTx<L, R> {
         })
     }
 
-    /// Forgets all local state and zeroes the local tx area (credit ring and
-    /// `consumed`). Coordinate with the peer: B resets too before either side resumes.
+    /// Did B ask to be woken for a position published since the previous call? Call
+    /// after [`publish`](Self::publish) when B may sleep (a doorbell is configured);
+    /// on `true` ring B's doorbell once. Reads only local memory: B's `wake` word
+    /// (a hostile hint: any value is safe, it only decides a doorbell).
+    pub fn needs_notify(&mut self) -> Result<bool, RingError> {
+        if self.broken {
+            return Err(RingError::Broken);
+        }
+        // SeqCst fence (W1): orders the lap-tag stores of publish before the load of
+        // `wake`; pairs with W2 in PostedRx::set_notification, so either B's re-check
+        // sees our slot or we see its request (the virtio_mb of
+        // virtqueue_kick_prepare).
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by W1; one fetch.
+        let wake = self
+            .local
+            .load_u32(self.layout.wake_off(), Ordering::Relaxed)?;
+        let (old, new) = (self.notify_old, self.published);
+        self.notify_old = new;
+        // Notify iff B waits for a position in [old, new) (virtio 1.x 2.7.10's
+        // vring_need_event on 32-bit positions).
+        let event = wake.wrapping_sub(1);
+        Ok(wake != 0 && new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old))
+    }
+
+    /// Forgets all local state and zeroes the local tx area (credit ring,
+    /// `consumed` and `wake`). Coordinate with the peer: B resets too before either
+    /// side resumes.
     pub fn reset(&mut self) -> Result<(), RingError> {
         let slots = self.layout.slots();
         for i in 0..slots {
@@ -408,6 +437,10 @@ impl<L: Mem, R: Mem> PostedTx<L, R> {
         // Relaxed: as above.
         self.local
             .store_u32(self.layout.consumed_off(), 0, Ordering::Relaxed)?;
+        // Relaxed: as above.
+        self.local
+            .store_u32(self.layout.wake_off(), 0, Ordering::Relaxed)?;
+        self.notify_old = 0;
         self.head = 0;
         self.published = 0;
         self.reserved = 0;

@@ -8,6 +8,7 @@ mod demo;
 mod latency;
 mod pipeline;
 mod report;
+mod rpmsg_bench;
 mod testpmd;
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ enum Cmd {
     Demo(DemoArgs),
     /// Print latency percentiles of saved runs side by side and plot them (.svg).
     Report(report::ReportArgs),
+    /// RPMsg (rpmsg-fast) between two processes on this host: one-way messages/s and
+    /// MB/s, round-trip percentiles, per payload size.
+    RpmsgBench(Box<rpmsg_bench::RpmsgBenchArgs>),
     /// Per-core pipelines from a config file.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCmd),
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
         Some(Cmd::Stats(a)) => testpmd::statsw::run(&a),
         Some(Cmd::Demo(a)) => run_demo(a),
         Some(Cmd::Report(a)) => report::run(&a),
+        Some(Cmd::RpmsgBench(a)) => rpmsg_bench::run(&a),
         Some(Cmd::Pipeline(c)) => pipeline::run(&c),
         Some(Cmd::DemoPeer { window, params }) => {
             ExitCode::from(demo::run_peer(&window, &params) as u8)

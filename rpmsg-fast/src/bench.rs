@@ -246,8 +246,8 @@ fn recv_wait(
     }
 }
 
-/// Round trips of `size`-byte messages through [`ECHO`] for `limit` (after
-/// `warmup` unrecorded ones); `record(ns)` gets each one's time. Returns the number
+/// Round trips of `size`-byte messages through [`ECHO`] for `limit` (counted
+/// after `warmup` unrecorded ones); `record(ns)` gets each one's time. Returns the number
 /// recorded. A reply of the wrong size is an error (`Config`).
 #[allow(clippy::too_many_arguments)]
 pub fn round_trips(
@@ -265,11 +265,16 @@ pub fn round_trips(
     let dl = start + deadline;
     let mut done = 0u64;
     let mut i = 0u64;
+    // The time limit counts from the end of the warm-up.
+    let mut measured = start;
     loop {
+        if i == warmup {
+            measured = Instant::now();
+        }
         if i >= warmup {
             match limit {
                 Limit::Count(n) if done >= n => break,
-                Limit::Time(d) if start.elapsed() >= d => break,
+                Limit::Time(d) if measured.elapsed() >= d => break,
                 _ => {}
             }
         }

@@ -78,7 +78,9 @@ fn ns_negotiated_when_both_want_it() {
         assert_eq!(r.negotiated_features(), Some(f), "both sides agree");
         assert!(h.ns_enabled() && r.ns_enabled());
         // The name service works: the remote announces, the host learns it.
-        let svc = r.create_endpoint(Some("rpmsg-echo"), Addr::Dynamic).unwrap();
+        let svc = r
+            .create_endpoint(Some("rpmsg-echo"), Addr::Dynamic)
+            .unwrap();
         r.announce(svc).unwrap();
         let dl = deadline();
         while h.lookup("rpmsg-echo").is_none() {

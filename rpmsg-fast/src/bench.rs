@@ -79,7 +79,7 @@ pub fn run_peer(link: &mut Link, poll: Poll, deadline: Duration) -> Result<(), R
     let mut iter = 0u32;
     loop {
         iter = iter.wrapping_add(1);
-        if iter % CONTROL_EVERY == 0 {
+        if iter.is_multiple_of(CONTROL_EVERY) {
             link.poll_control()?;
             if start.elapsed() > deadline {
                 return Err(RpmsgError::Timeout);
@@ -192,7 +192,7 @@ pub fn one_way(
         let n = link.send_burst(ep, SINK, &burst[..k])?;
         sent += n as u64;
         iter = iter.wrapping_add(1);
-        if iter % CONTROL_EVERY == 0 {
+        if iter.is_multiple_of(CONTROL_EVERY) {
             link.poll_control()?;
         }
         if n == 0 {
@@ -236,7 +236,7 @@ fn recv_wait(
             return Ok(b);
         }
         iter = iter.wrapping_add(1);
-        if iter % CONTROL_EVERY == 0 {
+        if iter.is_multiple_of(CONTROL_EVERY) {
             link.poll_control()?;
             if Instant::now() >= deadline {
                 return Err(RpmsgError::Timeout);
@@ -295,7 +295,7 @@ pub fn round_trips(
             done += 1;
         }
         i += 1;
-        if i % u64::from(CONTROL_EVERY) == 0 {
+        if i.is_multiple_of(u64::from(CONTROL_EVERY)) {
             link.poll_control()?;
         }
     }

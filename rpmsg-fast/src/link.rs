@@ -235,6 +235,7 @@ impl Layout {
 
 /// This side of the link's control plane.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per link, never moved on the fast path
 enum Ctl {
     /// The host: the virtio driver.
     Fe(Frontend),

@@ -10,19 +10,17 @@
 //! RPMSG_BENCH_MODES=posted RPMSG_BENCH_MSGS=20000000 cargo bench -p zerohop-benches --bench rpmsg
 //! ```
 //!
-//! The parent is the host (creates the window); it re-executes this binary as the
-//! remote (`RPMSG_BENCH_PEER` set). Targets (issue 5): posted 496-byte one-way
-//! >= 9.3 M msg/s; 64-byte round trip p50 <= 1.3x the floor.
+//! The loops are `rpmsg_fast::bench` (shared with `zerohop rpmsg-bench`, which has
+//! more options and `--json`). The parent is the host (creates the window); it
+//! re-executes this binary as the remote (`RPMSG_BENCH_PEER` set). Targets (issue 5):
+//! posted 496-byte one-way >= 9.3 M msg/s; 64-byte round trip p50 <= 1.3x the floor.
 
 use std::time::{Duration, Instant};
 
 use dataplane::probe::{changed, pin, placement_probe};
-use rpmsg_fast::{Addr, Link, LinkConfig, RingMode, Role, RpmsgError};
+use rpmsg_fast::bench::{self, Limit, Poll};
+use rpmsg_fast::{Link, LinkConfig, RingMode, Role, RpmsgError};
 
-const ECHO: u32 = 1;
-const SINK: u32 = 2;
-const CLIENT: u32 = 3;
-const END: u8 = 0xff;
 const SIZES: [usize; 6] = [16, 64, 128, 256, 400, 496];
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -41,49 +39,15 @@ fn env_u64(k: &str, d: u64) -> u64 {
         .unwrap_or(d)
 }
 
-/// The remote: echoes on ECHO; counts on SINK and answers the END marker with the count.
+/// The remote: echoes on ECHO; counts on SINK.
 fn peer(path: &str, mode: RingMode) -> Result<(), RpmsgError> {
     pin(1);
     let mut link = Link::attach_wait(
         &LinkConfig::new(path, mode, Role::Remote),
         Duration::from_secs(10),
     )?;
-    let echo = link.create_endpoint(None, Addr::Fixed(ECHO))?;
-    let sink = link.create_endpoint(None, Addr::Fixed(SINK))?;
-    let mut count = 0u64;
-    let start = Instant::now();
-    loop {
-        if start.elapsed() > DEADLINE * 4 {
-            return Err(RpmsgError::Timeout);
-        }
-        link.poll()?;
-        while let Some(m) = link.try_recv(echo)? {
-            let quit = link.payload(&m).first() == Some(&END);
-            let Some(mut tx) = link.get_tx_buffer()? else {
-                let d = link.payload(&m).to_vec();
-                link.release(m)?;
-                link.send(echo, CLIENT, &d)?;
-                continue;
-            };
-            let n = m.len();
-            tx.payload_mut()[..n].copy_from_slice(link.payload(&m));
-            link.release(m)?;
-            link.send_nocopy(echo, CLIENT, tx, n)?;
-            if quit {
-                return Ok(());
-            }
-        }
-        while let Some(m) = link.try_recv(sink)? {
-            let end = m.len() == 1 && link.payload(&m)[0] == END;
-            link.release(m)?;
-            if end {
-                link.send(sink, CLIENT, &count.to_le_bytes())?;
-                count = 0;
-            } else {
-                count += 1;
-            }
-        }
-    }
+    link.connect(Instant::now() + Duration::from_secs(10))?;
+    bench::run_peer(&mut link, Poll::Spin, DEADLINE * 4)
 }
 
 fn pct(v: &[u64], p: f64) -> f64 {
@@ -92,7 +56,7 @@ fn pct(v: &[u64], p: f64) -> f64 {
 
 fn host(mode: RingMode, tag: &str) -> Result<(), Box<dyn std::error::Error>> {
     let msgs = env_u64("RPMSG_BENCH_MSGS", 5_000_000);
-    let rts = env_u64("RPMSG_BENCH_RTS", 200_000) as usize;
+    let rts = env_u64("RPMSG_BENCH_RTS", 200_000);
     let before = placement_probe((0, 1), 2000);
     let path = format!("/dev/shm/rpmsg-bench-{}-{tag}", std::process::id());
     let mut link = Link::create(&LinkConfig::new(&path, mode, Role::Host))?;
@@ -101,63 +65,36 @@ fn host(mode: RingMode, tag: &str) -> Result<(), Box<dyn std::error::Error>> {
         .env("RPMSG_BENCH_MODE", tag)
         .spawn()?;
     pin(0);
-    let ep = link.create_endpoint(None, Addr::Fixed(CLIENT))?;
-    let dl = || Instant::now() + DEADLINE;
+    link.connect(Instant::now() + Duration::from_secs(10))?;
+    let ep = bench::client(&mut link)?;
 
-    // ---- round trips, 64 B ----
-    let msg = [7u8; 64];
-    for _ in 0..1000 {
-        link.send_deadline(ep, ECHO, &msg, dl())?;
-        let r = link.recv_deadline(ep, dl())?;
-        link.release(r)?;
-    }
-    let mut lat = Vec::with_capacity(rts);
-    for _ in 0..rts {
-        let t = Instant::now();
-        link.send_deadline(ep, ECHO, &msg, dl())?;
-        let r = loop {
-            if let Some(r) = link.recv(ep)? {
-                break r;
-            }
-        };
-        lat.push(t.elapsed().as_nanos() as u64);
-        link.release(r)?;
-    }
+    let mut lat = Vec::with_capacity(rts as usize);
+    bench::round_trips(
+        &mut link,
+        ep,
+        64,
+        1000,
+        Limit::Count(rts),
+        Poll::Spin,
+        DEADLINE,
+        |ns| lat.push(ns),
+    )?;
     lat.sort_unstable();
 
-    // ---- one way ----
     let mut rows = Vec::new();
     for size in SIZES {
-        let payload = vec![0x5au8; size];
-        let burst: Vec<&[u8]> = (0..32).map(|_| &payload[..]).collect();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while sent < msgs {
-            let k = ((msgs - sent) as usize).min(32);
-            let n = link.send_burst(ep, SINK, &burst[..k])?;
-            sent += n as u64;
-            if n == 0 {
-                link.poll()?;
-                if start.elapsed() > DEADLINE {
-                    return Err("one-way run stalled".into());
-                }
-            }
-        }
-        link.send_deadline(ep, SINK, &[END], dl())?;
-        let r = link.recv_deadline(ep, dl())?;
-        let t = start.elapsed().as_secs_f64();
-        let got = u64::from_le_bytes(link.payload(&r)[..8].try_into()?);
-        link.release(r)?;
-        assert_eq!(got, msgs, "messages lost");
-        rows.push((
+        let r = bench::one_way(
+            &mut link,
+            ep,
             size,
-            msgs as f64 / t / 1e6,
-            msgs as f64 * size as f64 / t / 1e6,
-        ));
+            Limit::Count(msgs),
+            Poll::Spin,
+            DEADLINE,
+        )?;
+        assert_eq!(r.received, msgs, "messages lost");
+        rows.push((size, r.msgs_per_s() / 1e6, r.mb_per_s()));
     }
-    link.send_deadline(ep, ECHO, &[END], dl())?;
-    let r = link.recv_deadline(ep, dl())?;
-    link.release(r)?;
+    bench::finish(&mut link, ep, Poll::Spin, DEADLINE)?;
     let ok = child.wait()?.success();
     drop(link);
     let after = placement_probe((0, 1), 2000);

@@ -39,6 +39,27 @@ use crate::wire::{
 /// Messages one [`Rpmsg::send_burst`] call stages at most.
 pub const SEND_BURST: usize = 32;
 
+/// Addresses below this are found through a direct-indexed table on receive (fixed
+/// addresses and the first dynamic ones); larger ones through a hash map.
+pub const DIRECT_ADDRS: usize = 2048;
+
+/// Released ring buffers batched before one `free` (see [`Rpmsg::release`]).
+const FREE_BATCH: usize = 32;
+
+/// The peer as the link's control plane last saw it ([`Rpmsg::set_peer_up`],
+/// [`Rpmsg::set_peer_lost`]; `Link::poll_control` calls them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// No handshake has completed yet (or the bus has no control plane): sends go
+    /// out; the ring's own back-pressure applies.
+    Unknown,
+    /// The handshake completed; features negotiated.
+    Up,
+    /// The peer was lost (heartbeat stopped, restarted, reset): sends fail with
+    /// [`RpmsgError::PeerLost`] until the handshake completes again.
+    Lost,
+}
+
 /// Settings of one bus (one side of one link).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BusConfig {
@@ -173,6 +194,9 @@ struct Entry {
 pub struct RxBuf {
     entry: Entry,
     ep: EndpointId,
+    /// The bus's peer epoch when queued: a buffer from before a peer loss (the queue
+    /// was reset since) is released as a no-op.
+    epoch: u32,
 }
 
 impl RxBuf {
@@ -202,6 +226,8 @@ impl RxBuf {
 pub struct TxBuf {
     slot: TxSlot,
     max: usize,
+    /// The bus's peer epoch when taken (a buffer from before a peer loss is stale).
+    epoch: u32,
 }
 
 impl TxBuf {
@@ -266,7 +292,17 @@ pub struct Rpmsg<Q: QueuePair> {
     q: Q,
     cfg: BusConfig,
     eps: Vec<Endpoint>,
+    /// Addresses >= DIRECT_ADDRS -> endpoint slot.
     by_addr: HashMap<u32, u16>,
+    /// Addresses < DIRECT_ADDRS -> endpoint slot + 1 (0: none).
+    direct: Box<[u16]>,
+    /// Released ring buffers not yet freed (freed in one batch: poll, flush, full).
+    pending_free: Vec<PktHandle>,
+    peer: PeerState,
+    /// Features the control plane negotiated (None: no handshake yet).
+    negotiated: Option<u64>,
+    /// Bumped on every peer loss (the queue pair is reset then).
+    epoch: u32,
     next_dynamic: u32,
     services: Vec<([u8; NAME_SIZE], u32)>,
     ns_cb: Option<NsCallback>,
@@ -312,6 +348,11 @@ impl<Q: QueuePair> Rpmsg<Q> {
             q,
             eps: Vec::with_capacity(cfg.max_endpoints),
             by_addr: HashMap::with_capacity(cfg.max_endpoints * 2),
+            direct: vec![0u16; DIRECT_ADDRS].into_boxed_slice(),
+            pending_free: Vec::with_capacity(FREE_BATCH),
+            peer: PeerState::Unknown,
+            negotiated: None,
+            epoch: 0,
             next_dynamic: RESERVED_ADDRESSES,
             services: Vec::with_capacity(cfg.max_services),
             ns_cb: None,
@@ -344,9 +385,94 @@ impl<Q: QueuePair> Rpmsg<Q> {
     pub fn last_error(&self) -> Option<WireError> {
         self.last_error
     }
-    /// True if the name service is on (`VIRTIO_RPMSG_F_NS`).
+    /// True if the name service is on (`VIRTIO_RPMSG_F_NS`): configured, and
+    /// negotiated if a handshake has run ([`set_peer_up`](Self::set_peer_up)).
     pub fn ns_enabled(&self) -> bool {
-        self.cfg.features & (1 << VIRTIO_RPMSG_F_NS) != 0
+        let f = self.negotiated.unwrap_or(self.cfg.features) & self.cfg.features;
+        f & (1 << VIRTIO_RPMSG_F_NS) != 0
+    }
+
+    /// The features the control plane negotiated, if a handshake completed.
+    pub fn negotiated_features(&self) -> Option<u64> {
+        self.negotiated
+    }
+
+    /// The peer's state as the control plane last reported it.
+    pub fn peer_state(&self) -> PeerState {
+        self.peer
+    }
+
+    /// The handshake completed with `features` accepted: sends go out again, and
+    /// the name service is used only if `VIRTIO_RPMSG_F_NS` is among `features`.
+    pub fn set_peer_up(&mut self, features: u64) {
+        self.negotiated = Some(features);
+        self.peer = PeerState::Up;
+    }
+
+    /// The peer is gone: later sends fail with [`RpmsgError::PeerLost`]; queued
+    /// messages are dropped (held [`RxBuf`]s release as no-ops), the peer's
+    /// services are forgotten (bound endpoints lose their destination), and the
+    /// queue pair is reset. After the handshake completes again, call
+    /// `queue_mut().start()` then [`set_peer_up`](Self::set_peer_up)
+    /// (`Link::poll_control` does all this).
+    pub fn set_peer_lost(&mut self) -> Result<(), RpmsgError> {
+        self.peer = PeerState::Lost;
+        self.epoch = self.epoch.wrapping_add(1);
+        self.pending_free.clear();
+        for e in self.eps.iter_mut() {
+            while e.count > 0 {
+                if let Place::Slab { idx } = e.queue[e.head].place {
+                    e.slab_free.push(idx);
+                }
+                e.head = (e.head + 1) % e.queue.len();
+                e.count -= 1;
+            }
+            if e.bind_len > 0 {
+                e.dst = ADDR_ANY;
+            }
+        }
+        self.services.clear();
+        self.q.reset()?;
+        Ok(())
+    }
+
+    /// Frees the ring buffers released since the last poll (one batch). [`poll`]
+    /// (Self::poll) does this first, so a busy-poll loop never needs it; call it
+    /// when you stop polling but keep the link.
+    pub fn flush(&mut self) -> Result<(), RpmsgError> {
+        if !self.pending_free.is_empty() {
+            let r = self.q.free(&self.pending_free);
+            self.pending_free.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn slot_of(&self, addr: u32) -> Option<u16> {
+        match self.direct.get(addr as usize) {
+            Some(&s) => s.checked_sub(1),
+            None => self.by_addr.get(&addr).copied(),
+        }
+    }
+    fn addr_taken(&self, addr: u32) -> bool {
+        self.slot_of(addr).is_some()
+    }
+    fn map_addr(&mut self, addr: u32, slot: u16) {
+        match self.direct.get_mut(addr as usize) {
+            Some(d) => *d = slot + 1,
+            None => {
+                self.by_addr.insert(addr, slot);
+            }
+        }
+    }
+    fn unmap_addr(&mut self, addr: u32) {
+        match self.direct.get_mut(addr as usize) {
+            Some(d) => *d = 0,
+            None => {
+                self.by_addr.remove(&addr);
+            }
+        }
     }
     /// Largest payload this side can send.
     pub fn max_payload(&self) -> usize {
@@ -378,7 +504,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
             } else {
                 a + 1
             };
-            if !self.by_addr.contains_key(&a) {
+            if !self.addr_taken(a) {
                 return Ok(a);
             }
         }
@@ -398,7 +524,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
         };
         let addr = match addr {
             Addr::Fixed(a) => {
-                if a == NS_ADDR || a == ADDR_ANY || self.by_addr.contains_key(&a) {
+                if a == NS_ADDR || a == ADDR_ANY || self.addr_taken(a) {
                     return Err(RpmsgError::AddrInUse { addr: a });
                 }
                 a
@@ -451,7 +577,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
             slot: slot as u16,
             gen: e.gen,
         };
-        self.by_addr.insert(addr, slot as u16);
+        self.map_addr(addr, slot as u16);
         Ok(id)
     }
 
@@ -574,7 +700,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
         e.live = false;
         e.callback = None;
         let addr = e.addr;
-        self.by_addr.remove(&addr);
+        self.unmap_addr(addr);
         let r = self.q.free(&frees);
         frees.clear();
         self.frees = frees;
@@ -612,6 +738,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
     /// endpoint queues). Returns the messages taken. Call it from the busy-poll loop;
     /// [`recv`](Self::recv) calls it when the endpoint's queue is empty.
     pub fn poll(&mut self) -> Result<usize, RpmsgError> {
+        self.flush()?;
         let n = self.q.rx_burst(&mut self.rx)?;
         if n == 0 {
             return Ok(0);
@@ -683,7 +810,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
             }
             return Ok(false);
         }
-        let Some(&slot) = self.by_addr.get(&h.dst) else {
+        let Some(slot) = self.slot_of(h.dst) else {
             self.stats.unknown_dst += 1;
             return Ok(false);
         };
@@ -805,7 +932,11 @@ impl<Q: QueuePair> Rpmsg<Q> {
         let ent = e.queue[e.head];
         e.head = (e.head + 1) % e.queue.len();
         e.count -= 1;
-        Ok(Some(RxBuf { entry: ent, ep }))
+        Ok(Some(RxBuf {
+            entry: ent,
+            ep,
+            epoch: self.epoch,
+        }))
     }
 
     /// As [`recv`](Self::recv), polling (and yielding the thread between polls)
@@ -849,6 +980,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
     pub fn payload(&self, b: &RxBuf) -> &[u8] {
         let len = b.entry.len as usize;
         let ptr = match b.entry.place {
+            Place::Ring { .. } if b.epoch != self.epoch => None,
             Place::Ring { pkt } => self.q.rx_ptr(&pkt).ok(),
             Place::Slab { idx } => self.ep(b.ep).ok().and_then(|e| {
                 e.slab
@@ -867,10 +999,17 @@ impl<Q: QueuePair> Rpmsg<Q> {
     }
 
     /// Gives a held message back (its ring buffer returns to the peer). Consumes it.
+    /// Ring buffers are freed in batches: at the next [`poll`](Self::poll) (or
+    /// [`recv`](Self::recv), or a waiting send), at [`flush`](Self::flush), or when
+    /// 32 are pending.
     pub fn release(&mut self, b: RxBuf) -> Result<(), RpmsgError> {
         match b.entry.place {
+            Place::Ring { .. } if b.epoch != self.epoch => {}
             Place::Ring { pkt } => {
-                self.q.free(&[pkt.handle])?;
+                if self.pending_free.len() == self.pending_free.capacity() {
+                    self.flush()?;
+                }
+                self.pending_free.push(pkt.handle);
             }
             Place::Slab { idx } => {
                 if let Ok(e) = self.ep_mut(b.ep) {
@@ -893,7 +1032,16 @@ impl<Q: QueuePair> Rpmsg<Q> {
         Ok(())
     }
 
+    #[inline]
+    fn check_peer(&self) -> Result<(), RpmsgError> {
+        if self.peer == PeerState::Lost {
+            return Err(RpmsgError::PeerLost);
+        }
+        Ok(())
+    }
+
     fn send_raw(&mut self, src: u32, dst: u32, data: &[u8]) -> Result<(), RpmsgError> {
+        self.check_peer()?;
         self.check_len(data.len())?;
         let hdr = RpmsgHdr::new(src, dst, data.len() as u16).to_bytes();
         let m = HDR_SIZE + data.len();
@@ -978,6 +1126,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
         msgs: &[&[u8]],
     ) -> Result<usize, RpmsgError> {
         let src = self.ep(ep)?.addr;
+        self.check_peer()?;
         let k = msgs.len().min(SEND_BURST);
         let sz = self.cfg.tx_buf_size;
         let mut lens = [0usize; SEND_BURST];
@@ -1002,6 +1151,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
     /// Takes an empty transmit buffer in peer-visible memory (zero-copy send);
     /// `None` if none is free now.
     pub fn get_tx_buffer(&mut self) -> Result<Option<TxBuf>, RpmsgError> {
+        self.check_peer()?;
         let mut s = [TxSlot::default()];
         if self.q.alloc_tx(&mut s)? == 0 {
             return Ok(None);
@@ -1016,6 +1166,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
         Ok(Some(TxBuf {
             slot: s[0],
             max: cap - HDR_SIZE,
+            epoch: self.epoch,
         }))
     }
 
@@ -1028,6 +1179,10 @@ impl<Q: QueuePair> Rpmsg<Q> {
         buf: TxBuf,
         len: usize,
     ) -> Result<(), RpmsgError> {
+        if buf.epoch != self.epoch || self.peer == PeerState::Lost {
+            // The queue was reset at a loss since: the slot is stale, nothing to cancel.
+            return Err(RpmsgError::PeerLost);
+        }
         let src = match self.ep(ep) {
             Ok(e) => e.addr,
             Err(e) => {
@@ -1054,6 +1209,9 @@ impl<Q: QueuePair> Rpmsg<Q> {
 
     /// Gives an unused transmit buffer back.
     pub fn cancel_tx(&mut self, buf: TxBuf) -> Result<(), RpmsgError> {
+        if buf.epoch != self.epoch {
+            return Ok(());
+        }
         self.q.tx_cancel(&[buf.slot])?;
         Ok(())
     }
@@ -1063,7 +1221,8 @@ impl<Q: QueuePair> core::fmt::Debug for Rpmsg<Q> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Rpmsg")
             .field("cfg", &self.cfg)
-            .field("endpoints", &self.by_addr.len())
+            .field("endpoints", &self.eps.iter().filter(|e| e.live).count())
+            .field("peer", &self.peer)
             .field("services", &self.services.len())
             .field("stats", &self.stats)
             .finish()

@@ -95,4 +95,11 @@ pub enum RpmsgError {
     /// Bad link or endpoint settings.
     #[error("bad setting: {0}")]
     Config(String),
+    /// The link's peer was lost (its heartbeat stopped, or it restarted or reset):
+    /// nothing is sent until the handshake completes again (`Link::poll_control`).
+    #[error("the peer is lost (waiting for it to re-attach)")]
+    PeerLost,
+    /// The link's control plane failed (handshake refused, a malformed peer section).
+    #[error(transparent)]
+    Control(#[from] rings::control::ControlError),
 }

@@ -11,6 +11,7 @@
 //!   [`Rpmsg::send_nocopy`]; [`Rpmsg::recv`] + [`Rpmsg::release`]).
 //! - [`link`]: [`Link`], a /dev/shm window + queue pair + bus, per ring mode and role.
 //! - [`config`]: links and endpoints from a TOML file.
+//! - [`bench`]: the two-process benchmark's loops (`zerohop rpmsg-bench`).
 //!
 //! ```no_run
 //! use rpmsg_fast::{Addr, Link, LinkConfig, RingMode, Role};
@@ -28,6 +29,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod bus;
 pub mod config;
 pub mod error;
@@ -38,8 +40,10 @@ pub mod wire;
 mod tests;
 
 pub use bus::{
-    Addr, BusConfig, BusStats, EndpointId, EndpointStats, Msg, NsEvent, Rpmsg, RxBuf, TxBuf,
+    Addr, BusConfig, BusStats, EndpointId, EndpointStats, Msg, NsEvent, PeerState, Rpmsg, RxBuf,
+    TxBuf,
 };
 pub use error::{RpmsgError, WireError};
-pub use link::{Link, LinkConfig, LinkQueue, RingMode, Role};
+pub use link::{Link, LinkConfig, LinkQueue, RingMode, Role, VIRTIO_ID_RPMSG};
+pub use pmd::control::{Event as ControlEvent, Timing};
 pub use wire::{NsAction, NsMsg, RpmsgHdr};

@@ -12,10 +12,29 @@
 //! directions. Both directions' rings use buffers of the larger of the two
 //! configured sizes (rounded up to 64 bytes); each direction's own size is enforced
 //! by the bus (send: `TooLarge`; receive: counted drop).
+//!
+//! ```text
+//!  window: | header | rings (posted or virtio layout) | pad to 4 KiB | control block (4 KiB) |
+//!                                                                      pmd::control, at the
+//!                                                                      first 4 KiB boundary
+//!                                                                      after the rings
+//! ```
+//!
+//! **Control plane.** Every link runs the `pmd::control` handshake in the block after
+//! the rings: the remote is the virtio *device* ([`Backend`]: it offers the rpmsg
+//! features, `VIRTIO_RPMSG_F_NS` among them, device type 7 = `VIRTIO_ID_RPMSG`), the
+//! host the *driver* ([`Frontend`]: it accepts the subset it wants), as in
+//! `virtio_rpmsg_bus`. Call [`Link::poll_control`] every few thousand polls (it is a
+//! few loads): it runs the status progression and heartbeats, and tells the bus when
+//! the peer is up (negotiated features: the name service is used only if NS was
+//! negotiated), lost (sends fail with [`RpmsgError::PeerLost`]; the queue pair is
+//! reset) and back (the queue pair restarts, sends resume). [`Link::connect`] waits
+//! for the handshake.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use pmd::control::{Backend, BackendConfig, Event, Frontend, FrontendConfig, Timing};
 use pmd::copy::CopyEngine;
 use pmd::queue::virtio::PKT_HDR;
 use pmd::queue::{Packed, RingMode as VirtioMode, Split};
@@ -23,11 +42,12 @@ use pmd::queue::{
     PktHandle, PktReturner, PostedLinkLayout, PostedQueuePair, QueueError, QueuePair, QueueStats,
     RxPkt, Side, TxSlot, VirtioBackend, VirtioFrontend, VirtioLinkLayout,
 };
-use pmd::window::{OpenOptions, ShmWindow};
+use pmd::window::{OpenOptions, ShmWindow, Window};
+use rings::control::{QueueConfig, RingMode as CtlMode};
 use rings::posted::PostedLayout;
-use rings::Region;
+use rings::{Mem, Region};
 
-use crate::bus::{BusConfig, Rpmsg};
+use crate::bus::{BusConfig, PeerState, Rpmsg};
 use crate::error::RpmsgError;
 
 /// Ring mode of a link.
@@ -72,8 +92,17 @@ pub struct LinkConfig {
     /// bytes, rpmsg header included, travel inline in the slot). Default 128.
     pub slot_size: u32,
     /// Everything else of the bus (its buffer sizes are set from the two above).
+    /// `bus.features` is what the remote offers / the host accepts.
     pub bus: BusConfig,
+    /// Control plane heartbeat and peer timeout (default 10 ms / 100 ms).
+    pub timing: Timing,
 }
+
+/// `VIRTIO_ID_RPMSG`: the virtio device id of an rpmsg device.
+pub const VIRTIO_ID_RPMSG: u32 = 7;
+
+/// Bytes of the control block area after the rings.
+pub const CONTROL_AREA: usize = 4096;
 
 impl LinkConfig {
     /// Defaults for `window`, `mode`, `role`.
@@ -87,6 +116,7 @@ impl LinkConfig {
             ring_size: 256,
             slot_size: 128,
             bus: BusConfig::default(),
+            timing: Timing::default(),
         }
     }
 
@@ -189,6 +219,67 @@ enum Layout {
     Virtio(VirtioLinkLayout),
 }
 
+impl Layout {
+    /// Offset of the control block: the first 4 KiB boundary after the rings.
+    fn control_offset(&self) -> usize {
+        match self {
+            Layout::Posted(l) => l.window_size(),
+            Layout::Virtio(l) => l.window_size(),
+        }
+        .next_multiple_of(4096)
+    }
+    fn window_size(&self) -> usize {
+        self.control_offset() + CONTROL_AREA
+    }
+}
+
+/// This side of the link's control plane.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per link, never moved on the fast path
+enum Ctl {
+    /// The host: the virtio driver.
+    Fe(Frontend),
+    /// The remote: the virtio device.
+    Be(Backend),
+}
+
+fn control_for(cfg: &LinkConfig, w: &ShmWindow, off: usize) -> Result<Ctl, RpmsgError> {
+    let mem = w
+        .region()
+        .sub(off, CONTROL_AREA)
+        .map_err(QueueError::from)?;
+    let features = cfg.bus.features | rings::features::VIRTIO_F_VERSION_1;
+    Ok(match cfg.role {
+        Role::Host => Ctl::Fe(Frontend::new(
+            mem,
+            &FrontendConfig {
+                wanted: features,
+                required: 0,
+                queue_pairs: 1,
+                timing: cfg.timing,
+            },
+        )?),
+        Role::Remote => {
+            let size = u16::try_from(cfg.ring_size)
+                .map_err(|_| RpmsgError::Config(format!("ring_size {}", cfg.ring_size)))?;
+            Ctl::Be(Backend::new(
+                mem,
+                &BackendConfig {
+                    device_type: VIRTIO_ID_RPMSG,
+                    features,
+                    ring_mode: match cfg.mode {
+                        RingMode::Posted => CtlMode::Posted,
+                        RingMode::Split => CtlMode::Split,
+                        RingMode::Packed => CtlMode::Packed,
+                    },
+                    queues: vec![QueueConfig::symmetric(size)],
+                    timing: cfg.timing,
+                },
+            )?)
+        }
+    })
+}
+
 fn layout_for(cfg: &LinkConfig) -> Result<Layout, RpmsgError> {
     let buf = cfg.ring_buf();
     match cfg.mode {
@@ -219,8 +310,10 @@ fn layout_for(cfg: &LinkConfig) -> Result<Layout, RpmsgError> {
 /// One RPMsg link: the window and the bus over its queue pair (see the
 /// [module docs](self)). Derefs to [`Rpmsg`].
 pub struct Link {
-    // Field order: the bus (and its queue pair) drops before the window.
+    // Field order: the bus (and its queue pair) and the control plane drop before
+    // the window.
     bus: Rpmsg<LinkQueue>,
+    ctl: Ctl,
     window: ShmWindow,
     cfg: LinkConfig,
 }
@@ -236,15 +329,25 @@ impl Link {
         }
         let layout = layout_for(cfg)?;
         let copy = *CopyEngine::global();
+        let (size, ctl_off) = (layout.window_size(), layout.control_offset());
+        let zero_control = |w: &ShmWindow| -> Result<(), RpmsgError> {
+            // Zeroed before the layout's header init stamp makes the window valid.
+            w.region()
+                .write_bytes(ctl_off, &[0u8; CONTROL_AREA])
+                .map_err(QueueError::from)?;
+            Ok(())
+        };
         let (window, q) = match layout {
             Layout::Posted(l) => {
-                let w = ShmWindow::create(&cfg.window, l.window_size())?;
+                let w = ShmWindow::create(&cfg.window, size)?;
+                zero_control(&w)?;
                 l.create(&w)?;
                 let q = l.open_side_with(&w, Side::A, 0, 0, copy)?;
                 (w, LinkQueue::Posted(q))
             }
             Layout::Virtio(l) => {
-                let w = ShmWindow::create(&cfg.window, l.window_size())?;
+                let w = ShmWindow::create(&cfg.window, size)?;
+                zero_control(&w)?;
                 l.create(&w)?;
                 let q = match cfg.mode {
                     RingMode::Split => {
@@ -255,8 +358,10 @@ impl Link {
                 (w, q)
             }
         };
+        let ctl = control_for(cfg, &window, ctl_off)?;
         Ok(Link {
             bus: Rpmsg::new(q, cfg.bus_config())?,
+            ctl,
             window,
             cfg: cfg.clone(),
         })
@@ -276,7 +381,7 @@ impl Link {
         let q = match cfg.mode {
             RingMode::Posted => {
                 let l = PostedLinkLayout::attach(&w)?;
-                if !matches!(want, Layout::Posted(x) if x == l) {
+                if !matches!(&want, Layout::Posted(x) if *x == l) {
                     return Err(RpmsgError::Config(
                         "window layout differs from this link's settings".into(),
                     ));
@@ -285,7 +390,7 @@ impl Link {
             }
             RingMode::Split | RingMode::Packed => {
                 let l = VirtioLinkLayout::attach(&w)?;
-                if !matches!(want, Layout::Virtio(x) if x == l) {
+                if !matches!(&want, Layout::Virtio(x) if *x == l) {
                     return Err(RpmsgError::Config(
                         "window layout differs from this link's settings".into(),
                     ));
@@ -298,8 +403,15 @@ impl Link {
                 }
             }
         };
+        if w.len() < want.window_size() {
+            return Err(RpmsgError::Config(
+                "window has no control block (made by an older rpmsg-fast?)".into(),
+            ));
+        }
+        let ctl = control_for(cfg, &w, want.control_offset())?;
         Ok(Link {
             bus: Rpmsg::new(q, cfg.bus_config())?,
+            ctl,
             window: w,
             cfg: cfg.clone(),
         })
@@ -339,6 +451,103 @@ impl Link {
     pub fn bus(&mut self) -> &mut Rpmsg<LinkQueue> {
         &mut self.bus
     }
+
+    /// Runs the control plane once (non-blocking: a few loads, maybe a heartbeat
+    /// store or a handshake step) and applies what it saw to the bus:
+    ///
+    /// | event | bus |
+    /// |-------|-----|
+    /// | `Up`, `PeerBack` | [`Rpmsg::set_peer_up`] with the negotiated features (after a loss the queue pair restarts first) |
+    /// | `PeerLost`, `PeerRestarted`, `ResetRequested` | [`Rpmsg::set_peer_lost`]: sends fail with `PeerLost`, queue pair reset |
+    /// | `Command` (remote) | acknowledged with result 0 (no rpmsg commands) |
+    ///
+    /// Call it from the busy-poll loop every few thousand polls, or every
+    /// millisecond; the peer is declared lost after `timing.peer_timeout` without
+    /// its heartbeat.
+    pub fn poll_control(&mut self) -> Result<Event, RpmsgError> {
+        let now = Instant::now();
+        let ev = match &mut self.ctl {
+            Ctl::Fe(f) => f.poll(now)?,
+            Ctl::Be(b) => b.poll(now)?,
+        };
+        match ev {
+            Event::Up { features, .. } | Event::PeerBack { features, .. } => {
+                if self.bus.peer_state() == PeerState::Lost {
+                    self.bus.queue_mut().start()?;
+                }
+                self.bus.set_peer_up(features);
+            }
+            Event::PeerLost { .. } | Event::PeerRestarted { .. } | Event::ResetRequested => {
+                if self.bus.peer_state() != PeerState::Lost {
+                    self.bus.set_peer_lost()?;
+                }
+            }
+            Event::Command { seq, .. } => {
+                if let Ctl::Be(b) = &mut self.ctl {
+                    b.complete_command(seq, 0)?;
+                }
+            }
+            Event::CommandDone { .. } | Event::Idle => {}
+        }
+        Ok(ev)
+    }
+
+    /// Polls the control plane (yielding between polls) until the handshake is
+    /// complete, or `deadline` ([`RpmsgError::Timeout`]). Returns at once if the
+    /// peer is already up. The peer must be polling its control plane too.
+    pub fn connect(&mut self, deadline: Instant) -> Result<(), RpmsgError> {
+        while self.bus.peer_state() != PeerState::Up {
+            self.poll_control()?;
+            if self.bus.peer_state() == PeerState::Up {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(RpmsgError::Timeout);
+            }
+            std::thread::yield_now();
+        }
+        Ok(())
+    }
+
+    /// True once the handshake completed and the peer is not lost.
+    pub fn is_up(&self) -> bool {
+        self.bus.peer_state() == PeerState::Up
+    }
+
+    /// The control plane's generation of this side (bumped per process / reset).
+    pub fn generation(&self) -> u64 {
+        match &self.ctl {
+            Ctl::Fe(f) => f.generation(),
+            Ctl::Be(b) => b.generation(),
+        }
+    }
+
+    /// [`Rpmsg::announce`], after the handshake (waiting up to the send timeout for
+    /// it): the announcement goes out only if `VIRTIO_RPMSG_F_NS` was negotiated
+    /// (otherwise [`RpmsgError::NsDisabled`]).
+    pub fn announce(&mut self, ep: crate::EndpointId) -> Result<(), RpmsgError> {
+        let deadline = Instant::now() + self.bus.config().send_timeout;
+        self.connect(deadline)?;
+        self.bus.announce(ep)
+    }
+
+    /// [`Rpmsg::withdraw`], after the handshake (as [`announce`](Self::announce)).
+    pub fn withdraw(&mut self, ep: crate::EndpointId) -> Result<(), RpmsgError> {
+        let deadline = Instant::now() + self.bus.config().send_timeout;
+        self.connect(deadline)?;
+        self.bus.withdraw(ep)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Tell the peer we are going (it resets its side now instead of waiting for
+        // the heartbeat timeout); best effort.
+        let _ = match &mut self.ctl {
+            Ctl::Fe(f) => f.reset(),
+            Ctl::Be(b) => b.request_reset(),
+        };
+    }
 }
 
 impl core::ops::Deref for Link {
@@ -358,6 +567,7 @@ impl core::fmt::Debug for Link {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Link")
             .field("cfg", &self.cfg)
+            .field("ctl", &self.ctl)
             .field("bus", &self.bus)
             .finish()
     }

@@ -9,6 +9,7 @@ mod hostile;
 mod latency;
 mod pipeline;
 mod report;
+mod rpmsg_bench;
 mod testpmd;
 
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ enum Cmd {
     Report(report::ReportArgs),
     /// Hostile peer: write adversarial bytes into a live window (or run a victim).
     Hostile(hostile::HostileArgs),
+    /// RPMsg (rpmsg-fast) between two processes on this host: one-way messages/s and
+    /// MB/s, round-trip percentiles, per payload size.
+    RpmsgBench(Box<rpmsg_bench::RpmsgBenchArgs>),
     /// Per-core pipelines from a config file.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCmd),
@@ -182,6 +186,7 @@ fn main() -> ExitCode {
         Some(Cmd::Stats(a)) => testpmd::statsw::run(&a),
         Some(Cmd::Demo(a)) => run_demo(a),
         Some(Cmd::Report(a)) => report::run(&a),
+        Some(Cmd::RpmsgBench(a)) => rpmsg_bench::run(&a),
         Some(Cmd::Pipeline(c)) => pipeline::run(&c),
         Some(Cmd::Hostile(a)) => hostile::run(&a),
         Some(Cmd::DemoPeer { window, params }) => {

@@ -760,6 +760,33 @@ impl QueueHandle {
         }
     }
 
+    /// Notifications, for an lcore that would rather sleep than poll an idle queue:
+    /// asks the peer to ring our doorbell when it next sends on this queue. Returns
+    /// true when packets are already waiting (receive instead of sleeping). The peer
+    /// rings the [`Doorbell`](crate::pmd::notify::Doorbell) it was given with
+    /// [`set_peer_doorbell`](Self::set_peer_doorbell) (an eventfd handed over with
+    /// [`Rendezvous`](crate::pmd::notify::Rendezvous) on one host, a doorbell
+    /// register on PCI/NTB); after waking, [`disable_rx_notify`](Self::disable_rx_notify)
+    /// and poll. While nobody calls this, the peer rings nothing.
+    pub fn enable_rx_notify(&mut self) -> Result<bool, PortError> {
+        self.check_link()?;
+        let r = self.qp.enable_rx_notify();
+        self.queue_result(r)
+    }
+
+    /// Stops asking for doorbells (we poll again).
+    pub fn disable_rx_notify(&mut self) -> Result<(), PortError> {
+        self.check_link()?;
+        let r = self.qp.disable_rx_notify();
+        self.queue_result(r)
+    }
+
+    /// The doorbell to ring (at most once per transmit burst) when the peer asked
+    /// for it; `None` (the default): never rung.
+    pub fn set_peer_doorbell(&mut self, db: Option<Arc<dyn crate::pmd::notify::Doorbell>>) {
+        self.qp.set_peer_doorbell(db);
+    }
+
     /// Receives up to `max` (at most the burst) packets, appended to `out` as
     /// zero-copy [`RxMbuf`]s. Give `out` capacity for a burst to keep this
     /// allocation-free. While the link is down: [`PortError::PeerLost`] or

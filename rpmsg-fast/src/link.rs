@@ -212,6 +212,15 @@ impl QueuePair for LinkQueue {
     fn start(&mut self) -> Result<(), QueueError> {
         each!(self, q => QueuePair::start(q))
     }
+    fn enable_rx_notify(&mut self) -> Result<bool, QueueError> {
+        each!(self, q => QueuePair::enable_rx_notify(q))
+    }
+    fn disable_rx_notify(&mut self) -> Result<(), QueueError> {
+        each!(self, q => QueuePair::disable_rx_notify(q))
+    }
+    fn set_peer_doorbell(&mut self, db: Option<std::sync::Arc<dyn pmd::notify::Doorbell>>) {
+        each!(self, q => QueuePair::set_peer_doorbell(q, db))
+    }
 }
 
 enum Layout {

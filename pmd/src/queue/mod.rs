@@ -20,7 +20,11 @@
 //! `docs/POSTED_PMD.md` has the rules (who owns a buffer when, the per-burst store
 //! order) and the measured remote accesses per packet.
 
+use std::sync::Arc;
+
 use rings::{Mem, MemError, RingError};
+
+use crate::notify::Doorbell;
 
 pub mod layout;
 pub mod measure;
@@ -29,6 +33,8 @@ pub mod testpkt;
 pub mod virtio;
 pub mod virtio_layout;
 
+#[cfg(test)]
+mod notify_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -190,6 +196,18 @@ pub trait QueuePair: Send {
     fn is_broken(&self) -> bool;
     /// Resets the queue's own state (after the peer is gone or the queue broke).
     fn reset(&mut self) -> Result<(), QueueError>;
+    /// Notifications, for a side that would rather sleep than poll: asks the peer to
+    /// ring our doorbell ([`crate::notify`]) when it next publishes packets for this
+    /// queue. Returns true when packets are already waiting: poll again instead of
+    /// sleeping. While we poll, never call it: the peer then rings nothing (virtio
+    /// event-idx / flags suppression; posted: the `wake` word).
+    fn enable_rx_notify(&mut self) -> Result<bool, QueueError>;
+    /// Stops asking for doorbells (after a wake-up, while we poll again).
+    fn disable_rx_notify(&mut self) -> Result<(), QueueError>;
+    /// The peer's doorbell, rung (at most once per transmit burst) when the peer
+    /// asked for it. `None`, the default: never rung, and the peer's request is never
+    /// even read.
+    fn set_peer_doorbell(&mut self, db: Option<Arc<dyn Doorbell>>);
     /// After a [`reset`](QueuePair::reset) on both sides: makes this side's receive
     /// buffers available to the peer again (posted: grants every credit). The default
     /// does nothing (modes whose reset already republishes their buffers).
@@ -242,6 +260,30 @@ where
     }
     fn start(&mut self) -> Result<(), QueueError> {
         PostedQueuePair::start(self)
+    }
+    fn enable_rx_notify(&mut self) -> Result<bool, QueueError> {
+        PostedQueuePair::enable_rx_notify(self)
+    }
+    fn disable_rx_notify(&mut self) -> Result<(), QueueError> {
+        PostedQueuePair::disable_rx_notify(self)
+    }
+    fn set_peer_doorbell(&mut self, db: Option<Arc<dyn Doorbell>>) {
+        PostedQueuePair::set_peer_doorbell(self, db)
+    }
+}
+
+/// A queue pair's handle on the peer's doorbell.
+pub(crate) type PeerDoorbell = Option<Arc<dyn Doorbell>>;
+
+/// Rings `db` if `due`, counting the outcome (a failed ring does not fail the burst:
+/// its packets are published).
+#[inline]
+pub(crate) fn ring_doorbell(db: &PeerDoorbell, due: bool, stats: &mut QueueStats) {
+    if let (true, Some(db)) = (due, db) {
+        match db.ring() {
+            Ok(()) => stats.doorbells += 1,
+            Err(_) => stats.doorbell_errors += 1,
+        }
     }
 }
 

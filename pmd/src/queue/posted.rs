@@ -47,7 +47,10 @@ use rings::pool::IndexRing;
 use rings::posted::{PostedLayout, PostedRx, PostedTx, RxKind, RxMsg, TxBuf};
 use rings::{Mem, RingError};
 
-use super::{Bits, CopyFn, PlainCopy, QueueError, SideAreas, DEFAULT_BURST, MAX_BURST};
+use super::{
+    ring_doorbell, Bits, CopyFn, PeerDoorbell, PlainCopy, QueueError, SideAreas, DEFAULT_BURST,
+    MAX_BURST,
+};
 
 /// Handle bit: the packet is inline in a slot (the low bits are the slot index);
 /// otherwise the low bits are the receive buffer index.
@@ -200,6 +203,10 @@ pub struct QueueStats {
     pub bad_frees: u64,
     /// Peer protocol violations seen (each one broke the queue).
     pub peer_violations: u64,
+    /// Doorbells rung for the peer (it asked: [`QueuePair::enable_rx_notify`](super::QueuePair::enable_rx_notify)).
+    pub doorbells: u64,
+    /// Doorbells that failed to ring (the packets were published all the same).
+    pub doorbell_errors: u64,
 }
 
 /// One queue pair of the posted ring mode: see the [module docs](self).
@@ -235,6 +242,8 @@ pub struct PostedQueuePair<L: Mem, R: Mem, C: CopyFn = PlainCopy> {
     /// The buffered run of a copying burst (capacity `max_burst`).
     run: Vec<TxBuf>,
     stats: QueueStats,
+    /// The peer's doorbell, if it may sleep ([`QueuePair::set_peer_doorbell`](super::QueuePair::set_peer_doorbell)).
+    peer_db: PeerDoorbell,
     broken: bool,
 }
 
@@ -314,6 +323,7 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
             tx_bufs: (0..layout.buffers()).map(|_| None).collect(),
             run: Vec::with_capacity(max_burst),
             stats: QueueStats::default(),
+            peer_db: None,
             broken: false,
         })
     }
@@ -660,7 +670,33 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
         self.stats.tx_packets += n as u64;
         self.stats.tx_bytes += bytes;
         self.stats.tx_bursts += 1;
+        if self.peer_db.is_some() {
+            let r = self.tx.needs_notify();
+            let due = self.ring(r)?;
+            ring_doorbell(&self.peer_db, due, &mut self.stats);
+        }
         Ok(n)
+    }
+
+    /// Asks the peer to ring our doorbell when it publishes the next packet for us;
+    /// true when one is already waiting (poll instead of sleeping). See
+    /// [`QueuePair::enable_rx_notify`](super::QueuePair::enable_rx_notify).
+    pub fn enable_rx_notify(&mut self) -> Result<bool, QueueError> {
+        self.check_broken()?;
+        let r = self.rx.set_notification(true);
+        self.ring(r)
+    }
+
+    /// The peer's doorbell; see [`QueuePair::set_peer_doorbell`](super::QueuePair::set_peer_doorbell).
+    pub fn set_peer_doorbell(&mut self, db: PeerDoorbell) {
+        self.peer_db = db;
+    }
+
+    /// Stops asking for doorbells (we poll again).
+    pub fn disable_rx_notify(&mut self) -> Result<(), QueueError> {
+        self.check_broken()?;
+        let r = self.rx.set_notification(false);
+        self.ring(r).map(drop)
     }
 
     /// Reads every credit the receiver granted since the last poll; returns the credits

@@ -63,18 +63,22 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use rings::packed::{PackedDevice, PackedDriver, PackedLayout};
+use rings::packed::{EventMode, PackedDevice, PackedDriver, PackedLayout};
 use rings::pool::IndexRing;
 use rings::split::{SplitDevice, SplitDriver, SplitLayout, NO_FREE_DESCS};
 use rings::{BufDesc, ChainInfo, Mem, RingError};
 
 use super::{
-    Bits, CopyFn, PktHandle, PktReturner, PlainCopy, QueueError, QueuePair, QueueStats, RxPkt,
-    TxSlot, DEFAULT_BURST, MAX_BURST,
+    ring_doorbell, Bits, CopyFn, PeerDoorbell, PktHandle, PktReturner, PlainCopy, QueueError,
+    QueuePair, QueueStats, RxPkt, TxSlot, DEFAULT_BURST, MAX_BURST,
 };
 
 /// Bytes of the per-buffer packet header (meta + reserved).
 pub const PKT_HDR: usize = 8;
+/// Ring features both halves of every zerohop virtqueue use: event-index
+/// notification suppression (the only feature that changes the shared layout's
+/// behaviour; it is read only when a doorbell is configured).
+const FEATURES: u64 = rings::features::VIRTIO_F_EVENT_IDX;
 /// No buffer / chain recorded for a ring id.
 const NONE: u32 = u32::MAX;
 
@@ -106,6 +110,12 @@ pub trait DriverHalf<M: Mem>: Send + Sized {
     fn is_broken(&self) -> bool;
     /// The data area.
     fn data(&self) -> &M;
+    /// Did the device ask to be notified of the chains published since the previous
+    /// call (event idx / flags)? Call after `publish`.
+    fn needs_notify(&mut self) -> Result<bool, RingError>;
+    /// Asks for (or stops asking for) used-buffer notifications; enabling returns
+    /// true when a used chain is already waiting (poll instead of sleeping).
+    fn set_notify(&mut self, enable: bool) -> Result<bool, RingError>;
 }
 
 /// The device half of a virtqueue, as the backend uses it.
@@ -124,6 +134,12 @@ pub trait DeviceHalf<M: Mem>: Send + Sized {
     fn is_broken(&self) -> bool;
     /// The data area.
     fn data(&self) -> &M;
+    /// Did the driver ask to be notified of the used entries published since the
+    /// previous call? Call after `publish_used`.
+    fn needs_notify(&mut self) -> Result<bool, RingError>;
+    /// Asks for (or stops asking for) available-buffer notifications; enabling
+    /// returns true when a chain is already available (pop instead of sleeping).
+    fn set_notify(&mut self, enable: bool) -> Result<bool, RingError>;
 }
 
 /// A virtqueue format: [`Split`] or [`Packed`]. The queue pairs are written once
@@ -166,7 +182,7 @@ impl RingKind for Packed {
 
 impl<M: Mem + Send> DriverHalf<M> for SplitDriver<M, M> {
     fn open(ring: M, size: u16, data: M) -> Result<Self, RingError> {
-        SplitDriver::new(ring, SplitLayout::new(size)?, data, 0)
+        SplitDriver::new(ring, SplitLayout::new(size)?, data, FEATURES)
     }
     fn add(&mut self, bufs: &[BufDesc]) -> Result<u16, RingError> {
         SplitDriver::add(self, bufs)
@@ -186,11 +202,17 @@ impl<M: Mem + Send> DriverHalf<M> for SplitDriver<M, M> {
     fn data(&self) -> &M {
         SplitDriver::data(self)
     }
+    fn needs_notify(&mut self) -> Result<bool, RingError> {
+        SplitDriver::needs_notify(self)
+    }
+    fn set_notify(&mut self, enable: bool) -> Result<bool, RingError> {
+        SplitDriver::set_used_notification(self, enable)
+    }
 }
 
 impl<M: Mem + Send> DriverHalf<M> for PackedDriver<M, M> {
     fn open(ring: M, size: u16, data: M) -> Result<Self, RingError> {
-        PackedDriver::new(ring, PackedLayout::new(size)?, data, 0)
+        PackedDriver::new(ring, PackedLayout::new(size)?, data, FEATURES)
     }
     fn add(&mut self, bufs: &[BufDesc]) -> Result<u16, RingError> {
         PackedDriver::add(self, bufs)
@@ -210,11 +232,22 @@ impl<M: Mem + Send> DriverHalf<M> for PackedDriver<M, M> {
     fn data(&self) -> &M {
         PackedDriver::data(self)
     }
+    fn needs_notify(&mut self) -> Result<bool, RingError> {
+        PackedDriver::needs_notify(self)
+    }
+    fn set_notify(&mut self, enable: bool) -> Result<bool, RingError> {
+        let mode = if enable {
+            self.next_used_event()
+        } else {
+            EventMode::Disable
+        };
+        PackedDriver::set_used_notification(self, mode)
+    }
 }
 
 impl<M: Mem + Send> DeviceHalf<M> for SplitDevice<M, M> {
     fn open(ring: M, size: u16, data: M) -> Result<Self, RingError> {
-        SplitDevice::new(ring, SplitLayout::new(size)?, data, 0)
+        SplitDevice::new(ring, SplitLayout::new(size)?, data, FEATURES)
     }
     fn pop(&mut self, bufs: &mut [BufDesc]) -> Result<Option<ChainInfo>, RingError> {
         SplitDevice::pop(self, bufs)
@@ -234,11 +267,17 @@ impl<M: Mem + Send> DeviceHalf<M> for SplitDevice<M, M> {
     fn data(&self) -> &M {
         SplitDevice::data(self)
     }
+    fn needs_notify(&mut self) -> Result<bool, RingError> {
+        SplitDevice::needs_notify(self)
+    }
+    fn set_notify(&mut self, enable: bool) -> Result<bool, RingError> {
+        SplitDevice::set_avail_notification(self, enable)
+    }
 }
 
 impl<M: Mem + Send> DeviceHalf<M> for PackedDevice<M, M> {
     fn open(ring: M, size: u16, data: M) -> Result<Self, RingError> {
-        PackedDevice::new(ring, PackedLayout::new(size)?, data, 0)
+        PackedDevice::new(ring, PackedLayout::new(size)?, data, FEATURES)
     }
     fn pop(&mut self, bufs: &mut [BufDesc]) -> Result<Option<ChainInfo>, RingError> {
         PackedDevice::pop(self, bufs)
@@ -257,6 +296,17 @@ impl<M: Mem + Send> DeviceHalf<M> for PackedDevice<M, M> {
     }
     fn data(&self) -> &M {
         PackedDevice::data(self)
+    }
+    fn needs_notify(&mut self) -> Result<bool, RingError> {
+        PackedDevice::needs_notify(self)
+    }
+    fn set_notify(&mut self, enable: bool) -> Result<bool, RingError> {
+        let mode = if enable {
+            self.next_avail_event()
+        } else {
+            EventMode::Disable
+        };
+        PackedDevice::set_avail_event(self, mode)
     }
 }
 
@@ -453,6 +503,8 @@ pub struct VirtioFrontend<K: RingKind, M: Mem + Send, C: CopyFn = PlainCopy> {
     returns: Arc<IndexRing>,
     ret_scratch: Box<[u32]>,
     stats: QueueStats,
+    /// The peer's doorbell, if it may sleep ([`QueuePair::set_peer_doorbell`]).
+    peer_db: PeerDoorbell,
     broken: bool,
     _k: PhantomData<K>,
 }
@@ -502,11 +554,15 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioFrontend<K, M, C> {
             returns,
             ret_scratch,
             stats: QueueStats::default(),
+            peer_db: None,
             broken: false,
             _k: PhantomData,
         };
         q.init_pools();
         q.refill()?;
+        // We poll: no used-buffer notifications (zeroed packed event structures mean
+        // ENABLE).
+        DriverHalf::set_notify(&mut q.rx, false)?;
         Ok(q)
     }
 
@@ -665,6 +721,11 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioFrontend<K, M, C> {
         self.copy.fence();
         let r = self.tx.publish();
         ring_err(&mut self.broken, &mut self.stats, r)?;
+        if self.peer_db.is_some() {
+            let r = self.tx.needs_notify();
+            let due = ring_err(&mut self.broken, &mut self.stats, r)?;
+            ring_doorbell(&self.peer_db, due, &mut self.stats);
+        }
         self.stats.tx_packets += n as u64;
         self.stats.tx_bytes += bytes;
         self.stats.tx_bursts += 1;
@@ -679,6 +740,19 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioFrontend<K, M, C> {
 }
 
 impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioFrontend<K, M, C> {
+    fn enable_rx_notify(&mut self) -> Result<bool, QueueError> {
+        self.check_broken()?;
+        let r = self.rx.set_notify(true);
+        ring_err(&mut self.broken, &mut self.stats, r)
+    }
+    fn disable_rx_notify(&mut self) -> Result<(), QueueError> {
+        self.check_broken()?;
+        let r = self.rx.set_notify(false);
+        ring_err(&mut self.broken, &mut self.stats, r).map(drop)
+    }
+    fn set_peer_doorbell(&mut self, db: PeerDoorbell) {
+        self.peer_db = db;
+    }
     fn rx_burst(&mut self, out: &mut [RxPkt]) -> Result<usize, QueueError> {
         self.check_broken()?;
         self.drain_returns();
@@ -944,6 +1018,8 @@ pub struct VirtioBackend<K: RingKind, M: Mem + Send, C: CopyFn = PlainCopy> {
     returns: Arc<IndexRing>,
     ret_scratch: Box<[u32]>,
     stats: QueueStats,
+    /// The peer's doorbell, if it may sleep ([`QueuePair::set_peer_doorbell`]).
+    peer_db: PeerDoorbell,
     broken: bool,
     _k: PhantomData<K>,
 }
@@ -969,6 +1045,10 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
         let rx = K::Device::open(areas.tx_ring, geo.ring_size, areas.data.clone())?;
         let tx = K::Device::open(areas.rx_ring, geo.ring_size, areas.data)?;
         let (returns, ret_scratch) = returns_ring(n)?;
+        let mut rx = rx;
+        // We poll: no available-buffer notifications (one store into the frontend's
+        // event structure; zeroed packed event structures mean ENABLE).
+        rx.set_notify(false)?;
         Ok(VirtioBackend {
             rx,
             tx,
@@ -984,6 +1064,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
             returns,
             ret_scratch,
             stats: QueueStats::default(),
+            peer_db: None,
             broken: false,
             _k: PhantomData,
         })
@@ -1115,6 +1196,11 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
         self.copy.fence();
         let r = self.tx.publish_used();
         ring_err(&mut self.broken, &mut self.stats, r)?;
+        if self.peer_db.is_some() {
+            let r = self.tx.needs_notify();
+            let due = ring_err(&mut self.broken, &mut self.stats, r)?;
+            ring_doorbell(&self.peer_db, due, &mut self.stats);
+        }
         self.stats.tx_packets += n as u64;
         self.stats.tx_bytes += bytes;
         self.stats.tx_bursts += 1;
@@ -1128,6 +1214,19 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
 }
 
 impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K, M, C> {
+    fn enable_rx_notify(&mut self) -> Result<bool, QueueError> {
+        self.check_broken()?;
+        let r = self.rx.set_notify(true);
+        ring_err(&mut self.broken, &mut self.stats, r)
+    }
+    fn disable_rx_notify(&mut self) -> Result<(), QueueError> {
+        self.check_broken()?;
+        let r = self.rx.set_notify(false);
+        ring_err(&mut self.broken, &mut self.stats, r).map(drop)
+    }
+    fn set_peer_doorbell(&mut self, db: PeerDoorbell) {
+        self.peer_db = db;
+    }
     fn rx_burst(&mut self, out: &mut [RxPkt]) -> Result<usize, QueueError> {
         self.check_broken()?;
         self.drain_returns()?;

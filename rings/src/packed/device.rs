@@ -406,6 +406,15 @@ impl<M: Mem, D: Mem> PackedDevice<M, D> {
         Ok(notify)
     }
 
+    /// The event that fires at the next available descriptor this device will read
+    /// (for [`set_avail_event`](Self::set_avail_event) with VIRTIO_F_EVENT_IDX).
+    pub fn next_avail_event(&self) -> EventMode {
+        EventMode::Desc {
+            off: self.next_avail,
+            wrap: self.avail_wrap,
+        }
+    }
+
     /// Enables or disables available buffer notifications (device event suppression
     /// structure). Returns true if a chain is already available, so the caller
     /// polls again instead of sleeping.

@@ -482,6 +482,16 @@ impl<M: Mem, D: Mem> PackedDriver<M, D> {
         }
     }
 
+    /// The event that fires at the next used descriptor this driver will read
+    /// (for [`set_used_notification`](Self::set_used_notification) with
+    /// VIRTIO_F_EVENT_IDX: one notification, exactly when the device passes it).
+    pub fn next_used_event(&self) -> EventMode {
+        EventMode::Desc {
+            off: self.next_used,
+            wrap: self.used_wrap,
+        }
+    }
+
     /// Sets the driver event suppression structure: whether (and at which used
     /// descriptor) the device should send used buffer notifications (2.8.10).
     /// Returns true if a used descriptor is already waiting, so the caller polls

@@ -220,7 +220,9 @@ impl<M: Mem, D: Mem> SplitDevice<M, D> {
         }
     }
 
-    fn pop_inner(&mut self, bufs: &mut [BufDesc]) -> Result<Option<ChainInfo>, RingError> {
+    /// Re-reads avail.idx (one fetch, validated) when the cached copy is used up;
+    /// returns how many chains are available and not yet popped.
+    fn refresh_avail(&mut self) -> Result<u16, RingError> {
         if self.avail_cache == self.last_avail {
             // Acquire (V1): pairs with the Release store of avail.idx in
             // SplitDriver::publish (D1); makes the avail entries, descriptors, indirect
@@ -238,9 +240,13 @@ impl<M: Mem, D: Mem> SplitDevice<M, D> {
                 });
             }
             self.avail_cache = idx;
-            if ahead == 0 {
-                return Ok(None);
-            }
+        }
+        Ok(self.avail_cache.wrapping_sub(self.last_avail))
+    }
+
+    fn pop_inner(&mut self, bufs: &mut [BufDesc]) -> Result<Option<ChainInfo>, RingError> {
+        if self.refresh_avail()? == 0 {
+            return Ok(None);
         }
         let slot = self.last_avail & self.mask;
         // Relaxed: covered by the Acquire of avail.idx (V1) that revealed this slot.
@@ -435,18 +441,28 @@ impl<M: Mem, D: Mem> SplitDevice<M, D> {
     /// Asks for (or stops asking for) available-buffer notifications: writes
     /// avail_event = the last avail.idx seen (VIRTIO_F_EVENT_IDX; disabling writes a
     /// position just behind it) or clears / sets VIRTQ_USED_F_NO_NOTIFY in used.flags.
-    /// After enabling, call [`SplitDevice::pop`] once more before sleeping.
-    pub fn set_avail_notification(&mut self, enable: bool) -> Result<(), RingError> {
+    /// After enabling it re-reads avail.idx and returns true when a chain is already
+    /// available (pop instead of sleeping), like [`PackedDevice::set_avail_notification`](crate::packed::PackedDevice::set_avail_notification).
+    pub fn set_avail_notification(&mut self, enable: bool) -> Result<bool, RingError> {
         self.check_open()?;
         self.notify_site()
             .request(&self.ring, enable, self.avail_cache)?;
-        if enable {
-            // SeqCst fence (V4, vhost_enable_notify's smp_mb): orders the avail_event
-            // / flags store before the next avail.idx load; pairs with the driver's
-            // fence in SplitDriver::needs_notify (D2).
-            fence(Ordering::SeqCst);
+        if !enable {
+            return Ok(false);
         }
-        Ok(())
+        // SeqCst fence (V4, vhost_enable_notify's smp_mb): orders the avail_event
+        // / flags store before the avail.idx load below; pairs with the driver's
+        // fence in SplitDriver::needs_notify (D2).
+        fence(Ordering::SeqCst);
+        match self.refresh_avail() {
+            Ok(n) => Ok(n != 0),
+            Err(e) => {
+                if e.is_peer_violation() {
+                    self.broken = true;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Test hook: start all indices at `idx` (fresh queue only).

@@ -422,20 +422,27 @@ impl<M: Mem, D: Mem> SplitDriver<M, D> {
     /// behind it, which the device never crosses) or clears / sets
     /// VIRTQ_AVAIL_F_NO_INTERRUPT in avail.flags. After enabling, call
     /// [`SplitDriver::poll_used`] once more before sleeping: a chain used before the
-    /// device saw the request does not notify.
-    pub fn set_used_notification(&mut self, enable: bool) -> Result<(), RingError> {
+    /// device saw the request does not notify. Enabling returns true when a used
+    /// element is already waiting (it re-reads used.idx), like
+    /// [`PackedDriver::set_used_notification`](crate::packed::PackedDriver::set_used_notification).
+    pub fn set_used_notification(&mut self, enable: bool) -> Result<bool, RingError> {
         self.check_open()?;
         self.notify_site()
             .request(&self.ring, enable, self.last_used)?;
-        if enable {
-            // SeqCst fence (D3, Linux virtqueue_poll's virtio_mb): orders the
-            // used_event / flags store before the next used.idx load; pairs with the
-            // device's fence in SplitDevice::needs_notify (V3).
-            fence(Ordering::SeqCst);
-            // Force the next poll_used to re-read used.idx.
-            self.used_cache = self.last_used;
+        if !enable {
+            return Ok(false);
         }
-        Ok(())
+        // SeqCst fence (D3, Linux virtqueue_poll's virtio_mb): orders the
+        // used_event / flags store before the used.idx load below; pairs with the
+        // device's fence in SplitDevice::needs_notify (V3).
+        fence(Ordering::SeqCst);
+        if self.batch_left > 0 || self.used_cache != self.last_used {
+            return Ok(true);
+        }
+        match self.refresh_used() {
+            Ok(n) => Ok(n != 0),
+            Err(e) => self.fail(e),
+        }
     }
 
     /// Takes the next chain the device returned, if any. Validates the used element
@@ -455,10 +462,9 @@ impl<M: Mem, D: Mem> SplitDriver<M, D> {
         }
     }
 
-    fn poll_used_inner(&mut self) -> Result<Option<Used>, RingError> {
-        if self.batch_left > 0 {
-            return Ok(Some(self.complete_in_order()));
-        }
+    /// Re-reads used.idx (one fetch, validated) when the cached copy is used up;
+    /// returns how many used elements are not yet taken.
+    fn refresh_used(&mut self) -> Result<u16, RingError> {
         if self.used_cache == self.last_used {
             // Acquire (D4): pairs with the Release store of used.idx in
             // SplitDevice::publish_used (V2); makes the used elements (and the payload
@@ -476,9 +482,16 @@ impl<M: Mem, D: Mem> SplitDriver<M, D> {
                 });
             }
             self.used_cache = idx;
-            if ahead == 0 {
-                return Ok(None);
-            }
+        }
+        Ok(self.used_cache.wrapping_sub(self.last_used))
+    }
+
+    fn poll_used_inner(&mut self) -> Result<Option<Used>, RingError> {
+        if self.batch_left > 0 {
+            return Ok(Some(self.complete_in_order()));
+        }
+        if self.refresh_used()? == 0 {
+            return Ok(None);
         }
         let slot = self.last_used & self.mask;
         // One fetch of the element; covered by the Acquire above.

@@ -248,6 +248,27 @@ pub enum PortError {
     },
 }
 
+impl PortError {
+    /// True for the errors [`Port::attach`] gives while the creator is still setting
+    /// the window up (no file yet, a file not yet sized, a header whose init stamp is
+    /// not written yet): worth retrying. Every other error (bad magic, wrong version,
+    /// someone else's file, a symlink, a truncated file, ...) is permanent.
+    pub fn is_not_ready(&self) -> bool {
+        use rings::header::OpenError;
+        matches!(
+            self,
+            PortError::Window(
+                WindowError::NotFound { .. }
+                    | WindowError::TooSmall { size: 0, .. }
+                    | WindowError::Header {
+                        source: OpenError::NotInitialized,
+                        ..
+                    }
+            )
+        )
+    }
+}
+
 /// A change [`Port::poll_control`] saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkChange {

@@ -240,13 +240,14 @@ fn port_cfg(
     c
 }
 
-/// Attaches, retrying for up to 10 s (the creator may not be up yet).
+/// Attaches, retrying for up to 10 s while the creator is still setting the window up
+/// (`PortError::is_not_ready`); a bad window fails at once.
 fn attach_retry(cfg: &PortConfig, alive: &mut dyn FnMut() -> bool) -> Result<Port, String> {
     let t0 = Instant::now();
     loop {
         match Port::attach(cfg) {
             Ok(p) => return Ok(p),
-            Err(e) if t0.elapsed() > Duration::from_secs(10) || !alive() => {
+            Err(e) if t0.elapsed() > Duration::from_secs(10) || !e.is_not_ready() || !alive() => {
                 return Err(format!("attach: {e}"))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),

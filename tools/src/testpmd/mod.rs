@@ -198,8 +198,12 @@ pub struct TestpmdArgs {
     #[arg(long, value_enum, default_value_t = PollMode::Spin)]
     pub poll: PollMode,
     /// Instance name for `zerohop stats` (default: this process's pid).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_instance)]
     pub instance: Option<String>,
+    /// Seconds to wait for the peer to finish the handshake (and, for a backend, for
+    /// the frontend's window to appear) before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_secs)]
+    pub handshake_timeout: f64,
     /// Flows for flowgen.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub flows: u16,
@@ -419,8 +423,34 @@ fn ring_size(a: &TestpmdArgs) -> Result<u32, String> {
     Ok(a.rxd.max(a.txd))
 }
 
+/// An instance name: it becomes part of a /dev/shm file name, so 1 to 64 of
+/// `A-Z a-z 0-9 . _ -`, not starting with a dot (no `/`, no `..`).
+fn parse_instance(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot); it names a /dev/shm file"
+        ))
+    }
+}
+
+/// A positive, finite number of seconds (at most a day).
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("{s}: want seconds, more than 0 and at most 86400")),
+    }
+}
+
 fn port_config(a: &TestpmdArgs, spec: WindowSpec, role: Role) -> Result<PortConfig, String> {
     let mut c = PortConfig::new(spec, role);
+    c.handshake_timeout = Duration::from_secs_f64(a.handshake_timeout);
     c.ring = a.ring.kind();
     c.queues = a.rxq.max(a.txq);
     c.ring_size = ring_size(a)?;
@@ -514,7 +544,8 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
     let nq = a.rxq.max(a.txq) as usize;
     let (spec, spec_text) = window_spec(a)?;
     let cfg = port_config(a, spec, Role::Frontend)?;
-    if a.stats_period < 0.0 || !a.duration.is_finite() || a.duration < 0.0 {
+    let secs_ok = |v: f64| v.is_finite() && v >= 0.0; // also refuses NaN
+    if !secs_ok(a.stats_period) || !secs_ok(a.duration) {
         return Err("--duration and --stats-period must be 0 or more seconds".into());
     }
     let ns_per_tick = pkt::calibrate();
@@ -782,12 +813,13 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
     let (spec, spec_text) = window_spec(a)?;
     let cfg = port_config(a, spec, Role::Backend)?;
     let ns_per_tick = a.ns_per_tick.unwrap_or_else(pkt::calibrate);
-    // Attach (retrying briefly: a separately started frontend may not be up yet).
+    // Attach (retrying briefly while a separately started frontend is still setting
+    // the window up; a bad window fails at once).
     let t0 = Instant::now();
     let mut port = loop {
         match Port::attach(&cfg) {
             Ok(p) => break p,
-            Err(e) if t0.elapsed() > Duration::from_secs(10) || a.child => {
+            Err(e) if t0.elapsed() > cfg.handshake_timeout || a.child || !e.is_not_ready() => {
                 return Err(format!("--window {spec_text}: {e}"))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -1079,8 +1111,15 @@ pub fn run(a: &TestpmdArgs, no_args: bool) -> ExitCode {
     match a.role {
         RoleArg::Backend => {
             let r = run_forwarder(a);
+            // Could not start (bad window, no peer): the error only, exit 2 like the
+            // frontend's set-up errors.
+            let setup_failed = r.error.is_some() && r.queues.is_empty();
             if a.child || a.json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else if setup_failed {
+                if let Some(e) = &r.error {
+                    eprintln!("zerohop testpmd: {e}");
+                }
             } else {
                 let s = |f: fn(&QueueReport) -> u64| r.queues.iter().map(f).sum::<u64>();
                 println!(
@@ -1095,8 +1134,8 @@ pub fn run(a: &TestpmdArgs, no_args: bool) -> ExitCode {
                     eprintln!("zerohop testpmd: {e}");
                 }
             }
-            if r.error.is_some() && r.queues.is_empty() {
-                ExitCode::from(1)
+            if setup_failed {
+                ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS
             }

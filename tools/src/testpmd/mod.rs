@@ -279,6 +279,9 @@ pub struct PeerReport {
     /// `--packets` runs: the exact counts of this side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<ExactReport>,
+    /// The first queue error (typed: `PortError` / `QueueError` display), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_queue_error: Option<String>,
 }
 
 /// The counts of an exact-count (`--packets N`) run, as one side saw them. The side
@@ -1041,10 +1044,10 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
     let lcores = Lcores::launch_with_stats(&fwd_cores, Arc::new(sw.group(2)?), move |ctx| {
         let i = ctx.lcore_id as usize;
         let (Some(mut q), Some(w)) = (take(&h2, i), take(&w2, i)) else {
-            return (QueueReport::default(), pkt::new_histogram());
+            return (QueueReport::default(), pkt::new_histogram(), None);
         };
         let Some(mut engine) = fwd::new_engine(mode.name()) else {
-            return (QueueReport::default(), pkt::new_histogram());
+            return (QueueReport::default(), pkt::new_histogram(), None);
         };
         let mut f = FwdCtx {
             size,
@@ -1062,6 +1065,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         };
         let mut rx = Vec::with_capacity(burst);
         let mut errors = 0u64;
+        let mut first_err: Option<String> = None;
         let mut drain_end: Option<Instant> = None;
         let gens = engine.generates();
         let mut done_here = false;
@@ -1092,9 +1096,10 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
             if gens {
                 match engine.generate(&mut q, &mut f) {
                     Ok(m) => moved = m,
-                    Err(_) => {
+                    Err(e) => {
                         errors += 1;
                         ctx.stats.add_errors(1);
+                        first_err.get_or_insert_with(|| format!("tx: {e}"));
                     }
                 }
             }
@@ -1103,17 +1108,19 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
                 // Done generating in a --packets run: the checking peer leaving (link
                 // down) is the expected end, not an error.
                 Err(_) if done_here => return dataplane::lcore::Work::Idle,
-                Err(_) => {
+                Err(e) => {
                     errors += 1;
                     ctx.stats.add_errors(1);
+                    first_err.get_or_insert_with(|| format!("rx: {e}"));
                     0
                 }
             };
             if n > 0 {
                 let bytes: u64 = rx.iter().map(|m| m.len() as u64).sum();
-                if engine.on_burst(&mut rx, &mut q, &mut f).is_err() {
+                if let Err(e) = engine.on_burst(&mut rx, &mut q, &mut f) {
                     errors += 1;
                     ctx.stats.add_errors(1);
+                    first_err.get_or_insert_with(|| format!("forward: {e}"));
                 }
                 rx.clear();
                 return dataplane::lcore::Work::Busy {
@@ -1147,6 +1154,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
                 errors,
             },
             c.hist.clone(),
+            first_err,
         )
     })
     .map_err(|e| format!("--lcores: {e}"))?;
@@ -1209,9 +1217,11 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         .map_err(|e| format!("forwarding lcores: {e}"))?;
     let mut hist = pkt::new_histogram();
     let mut queues = Vec::new();
-    for (r, h) in results {
+    let mut first_queue_error = None;
+    for (r, h, e) in results {
         let _ = hist.add(&h);
         queues.push(r);
+        first_queue_error = first_queue_error.or(e);
     }
     let exact = a.packets.map(|n| {
         let mut x = ExactReport::new(n, nq, !checks, &queues);
@@ -1223,6 +1233,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         hist_hex: encode_hist(&hist),
         error,
         exact,
+        first_queue_error,
     })
 }
 

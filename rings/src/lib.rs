@@ -48,3 +48,6 @@ pub mod features {
     /// Buffers are used in the order they were made available (bit 35).
     pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 }
+
+#[cfg(all(test, not(loom)))]
+mod double_fetch_tests;

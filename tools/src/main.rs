@@ -5,6 +5,7 @@
 //! rxonly throughput, then a ping-pong latency run, and a summary.
 
 mod demo;
+mod hostile;
 mod latency;
 mod pipeline;
 mod report;
@@ -41,6 +42,8 @@ enum Cmd {
     Demo(DemoArgs),
     /// Print latency percentiles of saved runs side by side and plot them (.svg).
     Report(report::ReportArgs),
+    /// Hostile peer: write adversarial bytes into a live window (or run a victim).
+    Hostile(hostile::HostileArgs),
     /// Per-core pipelines from a config file.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCmd),
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
         Some(Cmd::Demo(a)) => run_demo(a),
         Some(Cmd::Report(a)) => report::run(&a),
         Some(Cmd::Pipeline(c)) => pipeline::run(&c),
+        Some(Cmd::Hostile(a)) => hostile::run(&a),
         Some(Cmd::DemoPeer { window, params }) => {
             ExitCode::from(demo::run_peer(&window, &params) as u8)
         }

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use rings::Region;
 
 use super::shm::{create_excl, open_rw_nofollow};
-use super::{check_file, human_size, map_file, page_size, round_size};
+use super::{check_file, human_size, map_file, map_file_guarded, page_size, round_size};
 use super::{OpenOptions, Window, WindowError, WindowKind};
 
 /// `statfs.f_type` of a hugetlbfs mount.
@@ -258,7 +258,13 @@ impl HugeWindow {
         let file = memfd(name, libc::MFD_CLOEXEC | extra)?;
         let what = PathBuf::from(format!("memfd:{name}"));
         set_len(&file, len, &what)?;
-        let region = map_file(&file, len, &what)?;
+        // Normal pages get PROT_NONE guards around them (see map_file_guarded); huge
+        // pages are mapped plainly (a guard would cost a whole huge page each side).
+        let region = if extra & libc::MFD_HUGETLB == 0 {
+            map_file_guarded(&file, len, &what, page_size())?
+        } else {
+            map_file(&file, len, &what)?
+        };
         Ok((file, region))
     }
 
@@ -362,7 +368,7 @@ impl HugeWindow {
             fallback: Some(why),
         };
         set_len(&file, len, &target)?;
-        w.region = map_file(&file, len, &target)?;
+        w.region = map_file_guarded(&file, len, &target, page_size())?;
         Ok(w)
     }
 

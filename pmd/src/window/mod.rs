@@ -355,6 +355,104 @@ pub(crate) fn map_file(file: &File, len: usize, path: &Path) -> Result<Region, W
     Ok(unsafe { Region::from_raw(ptr, len, Some(owner)) })
 }
 
+/// A file mapping placed between two `PROT_NONE` guard areas (see
+/// [`map_file_guarded`]); unmaps the whole reservation on drop.
+struct GuardedMap {
+    base: NonNull<u8>,
+    total: usize,
+}
+
+// SAFETY: GuardedMap only owns the address range; it is unmapped once, in Drop, and
+// all access to the mapped part goes through the Region's atomic/volatile operations.
+unsafe impl Send for GuardedMap {}
+// SAFETY: as for Send: GuardedMap exposes no access of its own.
+unsafe impl Sync for GuardedMap {}
+
+impl Drop for GuardedMap {
+    fn drop(&mut self) {
+        // SAFETY: base..base+total is the reservation made in map_file_guarded (guards
+        // and the file mapping inside it), owned by this value alone, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.total) };
+    }
+}
+
+/// Like [`map_file`], but the mapping sits between two inaccessible (`PROT_NONE`)
+/// guard areas of `guard` bytes each (a multiple of the page size; the mapping is
+/// aligned to it). An access just before or after the window then faults (SIGSEGV)
+/// instead of silently reading or writing neighbouring memory: the hostile-peer test
+/// relies on this to prove that no peer value makes the rings access outside the
+/// window (docs/THREAT_MODEL.md). Used for shm and memfd windows; PCI BARs keep
+/// [`map_file`].
+pub(crate) fn map_file_guarded(
+    file: &File,
+    len: usize,
+    path: &Path,
+    guard: usize,
+) -> Result<Region, WindowError> {
+    use std::os::fd::AsRawFd;
+    let map_err = |source: io::Error| WindowError::Map {
+        path: path.to_owned(),
+        len,
+        source,
+    };
+    if len == 0 || guard == 0 || !guard.is_multiple_of(page_size()) {
+        return map_file(file, len, path);
+    }
+    // Reserve guard + len (rounded to `guard`) + guard, plus `guard` of slack to
+    // align the file mapping to `guard`.
+    let body = len.div_ceil(guard).checked_mul(guard);
+    let total = body
+        .and_then(|b| b.checked_add(3 * guard))
+        .ok_or_else(|| map_err(io::Error::other("window size overflows")))?;
+    // SAFETY: an anonymous PROT_NONE reservation at an address of the kernel's
+    // choosing; it aliases nothing.
+    let raw = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(map_err(io::Error::last_os_error()));
+    }
+    let Some(base) = NonNull::new(raw.cast::<u8>()) else {
+        return Err(map_err(io::Error::other("mmap returned null")));
+    };
+    // From here on the reservation is released on every path by the owner.
+    let owner = GuardedMap { base, total };
+    let start = (base.as_ptr() as usize + guard).next_multiple_of(guard);
+    // SAFETY: MAP_FIXED over `start..start + len`, which lies inside our own
+    // reservation (start >= base + guard, start + len <= base + total - guard), so it
+    // replaces only pages we own; the file is at least `len` bytes (checked by the
+    // callers).
+    let got = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if got == libc::MAP_FAILED || got as usize != start {
+        return Err(map_err(io::Error::last_os_error()));
+    }
+    let Some(ptr) = NonNull::new(got.cast::<u8>()) else {
+        return Err(map_err(io::Error::other("mmap returned null")));
+    };
+    let owner: Owner = Arc::new(owner);
+    // SAFETY: `ptr..ptr + len` is a live MAP_SHARED, PROT_READ|PROT_WRITE mapping of
+    // the file inside the reservation `owner` keeps until the last clone drops; every
+    // clone and sub-view of the Region holds one. Nothing creates Rust references
+    // into it (see map_file).
+    Ok(unsafe { Region::from_raw(ptr, len, Some(owner)) })
+}
+
 /// Maps an `io::Error` from opening `path` to the matching typed error.
 pub(crate) fn open_error(path: &Path, op: &'static str, e: io::Error) -> WindowError {
     let path = path.to_owned();
@@ -450,5 +548,40 @@ mod tests {
         assert_eq!(human_size(2 << 20), "2 MiB");
         assert_eq!(human_size(4096), "4 KiB");
         assert_eq!(human_size(100), "100 bytes");
+    }
+
+    /// The protection of the mapping that contains `addr`, from /proc/self/maps.
+    fn prot_at(addr: usize) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        maps.lines().find_map(|l| {
+            let mut it = l.split_whitespace();
+            let (range, perms) = (it.next()?, it.next()?);
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            );
+            (a <= addr && addr < b).then(|| perms.to_owned())
+        })
+    }
+
+    #[test]
+    fn shm_windows_have_guard_pages() {
+        let path = std::env::temp_dir().join(format!("zh-guard-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let w = ShmWindow::create(&path, 3 * 4096).unwrap();
+        let r = w.region();
+        let (start, end) = (r.addr(), r.addr() + r.len());
+        assert!(prot_at(start).unwrap().starts_with("rw"));
+        assert!(prot_at(end - 1).unwrap().starts_with("rw"));
+        assert_eq!(prot_at(start - 1).as_deref(), Some("---p"));
+        assert_eq!(prot_at(end).as_deref(), Some("---p"));
+        let peer = ShmWindow::open(&path, &OpenOptions::new()).unwrap();
+        let p = peer.region();
+        assert_eq!(prot_at(p.addr() - 1).as_deref(), Some("---p"));
+        assert_eq!(prot_at(p.addr() + p.len()).as_deref(), Some("---p"));
+        drop(peer);
+        drop(w);
+        assert!(!path.exists());
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rings::Region;
 
-use super::{check_file, human_size, map_file, open_error, page_size, round_size};
+use super::{check_file, human_size, map_file_guarded, open_error, page_size, round_size};
 use super::{OpenOptions, Window, WindowError, WindowKind};
 
 /// A window in a shared file, mapped `MAP_SHARED`.
@@ -45,7 +45,7 @@ impl ShmWindow {
             path: path.to_owned(),
             source,
         })?;
-        w.region = map_file(&file, len, path)?;
+        w.region = map_file_guarded(&file, len, path, page_size())?;
         Ok(w)
     }
 
@@ -58,7 +58,7 @@ impl ShmWindow {
             size,
             why: "larger than the address space",
         })?;
-        let region = map_file(&file, len, path)?;
+        let region = map_file_guarded(&file, len, path, page_size())?;
         Ok(ShmWindow {
             region,
             path: path.to_owned(),

@@ -221,8 +221,17 @@ impl<M: Mem, D: Mem> PackedDevice<M, D> {
                     limit: self.size as u32,
                 });
             }
-            // One fetch of the whole descriptor; everything below uses the copy.
-            let d: PackedDesc = self.ring.read_obj(self.layout.desc(pos))?;
+            // One fetch of the whole descriptor; everything below uses the copy. The
+            // head's flags were already fetched by the Acquire load above: copy only
+            // its other 14 bytes and reuse that value (single fetch, GUIDE.md section
+            // 8; still two accesses for the head, as before).
+            let d: PackedDesc = if slots == 0 {
+                let w: [u16; 7] = self.ring.read_obj(self.layout.desc(pos))?;
+                let [a, b, c, e, f, g, h] = w;
+                bytemuck::cast([a, b, c, e, f, g, h, head_flags])
+            } else {
+                self.ring.read_obj(self.layout.desc(pos))?
+            };
             // 2.8.6: "all flags, including AVAIL, USED, WRITE must be set/cleared
             // correctly in all descriptors in the list" (incl. the head's copy,
             // which must agree with the Acquire load above).

@@ -282,6 +282,19 @@ pub struct PeerReport {
     /// The first queue error (typed: `PortError` / `QueueError` display), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_queue_error: Option<String>,
+    /// Queue errors that were peer protocol violations (`QueueError::is_peer_violation`:
+    /// garbage in the rings); each broke the queue and reset the link.
+    #[serde(default)]
+    pub violations: u64,
+    /// The first of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_violation: Option<String>,
+    /// Times the link went down after being up (peer lost, restarted, reset, broken).
+    #[serde(default)]
+    pub link_downs: u64,
+    /// Why the link is down at the end (`DownReason`), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_down_reason: Option<String>,
 }
 
 /// The counts of an exact-count (`--packets N`) run, as one side saw them. The side
@@ -956,6 +969,24 @@ fn assemble(
 
 // ---- the peer / backend side ----------------------------------------------------------
 
+/// Peer protocol violations one forwarding lcore saw.
+#[derive(Debug, Default)]
+struct Violations {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Violations {
+    fn note(&mut self, e: &dataplane::port::PortError, what: &str) {
+        if let dataplane::port::PortError::Queue(q) = e {
+            if q.is_peer_violation() {
+                self.count += 1;
+                self.first.get_or_insert_with(|| format!("{what}: {q}"));
+            }
+        }
+    }
+}
+
 /// Runs the forwarding side: attaches, runs the engine on every queue until told to
 /// stop (stdin, with `--child`), Ctrl-C or `--duration`; returns its report.
 pub fn run_forwarder(a: &TestpmdArgs) -> PeerReport {
@@ -1044,10 +1075,20 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
     let lcores = Lcores::launch_with_stats(&fwd_cores, Arc::new(sw.group(2)?), move |ctx| {
         let i = ctx.lcore_id as usize;
         let (Some(mut q), Some(w)) = (take(&h2, i), take(&w2, i)) else {
-            return (QueueReport::default(), pkt::new_histogram(), None);
+            return (
+                QueueReport::default(),
+                pkt::new_histogram(),
+                None,
+                Violations::default(),
+            );
         };
         let Some(mut engine) = fwd::new_engine(mode.name()) else {
-            return (QueueReport::default(), pkt::new_histogram(), None);
+            return (
+                QueueReport::default(),
+                pkt::new_histogram(),
+                None,
+                Violations::default(),
+            );
         };
         let mut f = FwdCtx {
             size,
@@ -1066,6 +1107,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         let mut rx = Vec::with_capacity(burst);
         let mut errors = 0u64;
         let mut first_err: Option<String> = None;
+        let mut viol = Violations::default();
         let mut drain_end: Option<Instant> = None;
         let gens = engine.generates();
         let mut done_here = false;
@@ -1099,6 +1141,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
                     Err(e) => {
                         errors += 1;
                         ctx.stats.add_errors(1);
+                        viol.note(&e, "tx");
                         first_err.get_or_insert_with(|| format!("tx: {e}"));
                     }
                 }
@@ -1111,6 +1154,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
                 Err(e) => {
                     errors += 1;
                     ctx.stats.add_errors(1);
+                    viol.note(&e, "rx");
                     first_err.get_or_insert_with(|| format!("rx: {e}"));
                     0
                 }
@@ -1120,6 +1164,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
                 if let Err(e) = engine.on_burst(&mut rx, &mut q, &mut f) {
                     errors += 1;
                     ctx.stats.add_errors(1);
+                    viol.note(&e, "forward");
                     first_err.get_or_insert_with(|| format!("forward: {e}"));
                 }
                 rx.clear();
@@ -1155,6 +1200,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
             },
             c.hist.clone(),
             first_err,
+            viol,
         )
     })
     .map_err(|e| format!("--lcores: {e}"))?;
@@ -1212,16 +1258,20 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         &mut last2,
         all_done,
     );
+    let link = port.link_status();
     let results = lcores
         .stop_and_join(Duration::from_secs(5))
         .map_err(|e| format!("forwarding lcores: {e}"))?;
     let mut hist = pkt::new_histogram();
     let mut queues = Vec::new();
     let mut first_queue_error = None;
-    for (r, h, e) in results {
+    let mut violations = Violations::default();
+    for (r, h, e, v) in results {
         let _ = hist.add(&h);
         queues.push(r);
         first_queue_error = first_queue_error.or(e);
+        violations.count += v.count;
+        violations.first = violations.first.or(v.first);
     }
     let exact = a.packets.map(|n| {
         let mut x = ExactReport::new(n, nq, !checks, &queues);
@@ -1234,6 +1284,10 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         error,
         exact,
         first_queue_error,
+        violations: violations.count,
+        first_violation: violations.first,
+        link_downs: link.downs,
+        link_down_reason: (!link.up).then(|| format!("{:?}", link.reason)),
     })
 }
 

@@ -186,20 +186,27 @@ impl fmt::Display for WindowSpec {
 }
 
 /// Creates the window a spec names, `size` bytes (rounded up to its page size).
-/// A PCI BAR is not created but mapped, `size` bytes from its start (the BAR must
-/// be at least that big).
+/// A PCI BAR is not created but mapped whole (it must be at least `size` bytes):
+/// the window is the BAR, so the header's window size is the BAR size, which is what
+/// the other side maps (the whole BAR, or the file or memory behind it).
 pub fn create_spec(spec: &WindowSpec, size: usize) -> Result<Box<dyn Window>, WindowError> {
     Ok(match spec {
         WindowSpec::Shm(p) => Box::new(ShmWindow::create(p, size)?),
         WindowSpec::HugeMemfd(n) => Box::new(HugeWindow::memfd(n, size)?),
         WindowSpec::HugeFile(p) => Box::new(HugeWindow::create(p, size)?),
-        WindowSpec::Pci(p) => Box::new(PciBarWindow::open(
-            p,
-            &PciOptions {
-                size: Some(size),
-                ..PciOptions::default()
-            },
-        )?),
+        WindowSpec::Pci(p) => {
+            let w = PciBarWindow::open(p, &PciOptions::default())?;
+            if w.len() < size {
+                return Err(PciError::TooSmall {
+                    device: w.address().to_owned(),
+                    bar: p.bar,
+                    size: w.bar().size,
+                    requested: size as u64,
+                }
+                .into());
+            }
+            Box::new(w)
+        }
         WindowSpec::Heap(n) => Box::new(HeapWindow::new(size.max(*n))?),
     })
 }

@@ -887,6 +887,7 @@ fn peer(a: &PeerArgs) -> Result<PeerOut, String> {
         burst: BURST,
         window: u64::from(port.config().ring_size),
         ns_per_tick: a.ns_per_tick,
+        limit: u64::MAX,
     };
     let pl = poller(a.poll);
     let (h2, p2, e2, q2) = (

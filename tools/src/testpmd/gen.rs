@@ -47,6 +47,9 @@ pub struct GenCfg {
     pub window: u64,
     /// TSC conversion.
     pub ns_per_tick: f64,
+    /// `--packets`: send (or, for Sink, receive) exactly this many, then set `quiet`
+    /// and wait for the main thread to end the run (`u64::MAX`: no limit).
+    pub limit: u64,
 }
 
 /// One generator lcore's result.
@@ -120,6 +123,17 @@ pub fn run(
     poller.run(ctx, |ctx| {
         // Relaxed: run control.
         let running = phase.load(Ordering::Relaxed) == PHASE_RUN;
+        if running && cfg.limit != u64::MAX {
+            let reached = if sends {
+                res.sent >= cfg.limit
+            } else {
+                res.checker.received >= cfg.limit
+            };
+            if reached {
+                // Relaxed: a progress flag the main thread polls.
+                quiet.store(true, Ordering::Relaxed);
+            }
+        }
         if !running {
             let end = *drain_end.get_or_insert_with(|| Instant::now() + Duration::from_secs(2));
             let back = !returns || res.checker.received + abandoned >= res.sent;
@@ -143,7 +157,10 @@ pub fn run(
             } else {
                 0
             };
-            let room = window.saturating_sub(in_flight).min(cfg.burst as u64) as usize;
+            let room = window
+                .saturating_sub(in_flight)
+                .min(cfg.burst as u64)
+                .min(cfg.limit.saturating_sub(res.sent)) as usize;
             if room > 0 {
                 let now = pkt::ticks();
                 let mut refs: [&[u8]; 64] = [&[]; 64];
@@ -173,6 +190,9 @@ pub fn run(
             // After the traffic phase the peer may leave (its port's reset request
             // takes the link down): that ends the drain, it is not an error.
             Err(_) if !running => return Work::Stop,
+            // A --packets run that is done here: the peer leaving is the expected end.
+            // Relaxed: our own flag.
+            Err(_) if cfg.limit != u64::MAX && quiet.load(Ordering::Relaxed) => return Work::Idle,
             Err(e) => {
                 res.errors += 1;
                 ctx.stats.add_errors(1);

@@ -207,6 +207,17 @@ pub struct TestpmdArgs {
     /// Flows for flowgen.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub flows: u16,
+    /// Exact-count run between two independently started sides (`--role frontend` /
+    /// `backend`, modes rxonly, txonly, flowgen): the generating side sends exactly N
+    /// packets per queue, then waits for the peer to leave; the checking side stops
+    /// once it has N per queue (or when the peer leaves); both print `exact` counts.
+    /// `--duration` becomes the deadline.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub packets: Option<u64>,
+    /// Seconds without a peer heartbeat before the peer counts as lost (default 0.1,
+    /// 2 with `--poll yield`; raise it for emulated guests).
+    #[arg(long, value_name = "SECS")]
+    pub peer_timeout: Option<f64>,
     /// Internal: run as the peer process of a --role both parent.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -266,6 +277,89 @@ pub struct PeerReport {
     pub hist_hex: String,
     /// An error that stopped the peer.
     pub error: Option<String>,
+    /// `--packets` runs: the exact counts of this side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<ExactReport>,
+    /// The first queue error (typed: `PortError` / `QueueError` display), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_queue_error: Option<String>,
+    /// Queue errors that were peer protocol violations (`QueueError::is_peer_violation`:
+    /// garbage in the rings); each broke the queue and reset the link.
+    #[serde(default)]
+    pub violations: u64,
+    /// The first of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_violation: Option<String>,
+    /// Times the link went down after being up (peer lost, restarted, reset, broken).
+    #[serde(default)]
+    pub link_downs: u64,
+    /// Why the link is down at the end (`DownReason`), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_down_reason: Option<String>,
+}
+
+/// The counts of an exact-count (`--packets N`) run, as one side saw them. The side
+/// that checks (`checked_here`) has the verdict: `lost = expected - received`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExactReport {
+    /// `--packets` (per queue).
+    pub per_queue: u64,
+    /// Packets the run was to move: per_queue x queues.
+    pub expected: u64,
+    /// True if this side generated the packets.
+    pub generated_here: bool,
+    /// True if this side received and checked them (the other side's report has 0s).
+    pub checked_here: bool,
+    /// Packets this side sent.
+    pub sent: u64,
+    /// Packets this side received and checked.
+    pub received: u64,
+    /// expected - received (checking side; 0 on the generating side).
+    pub lost: u64,
+    /// Packets received out of order.
+    pub reordered: u64,
+    /// Packets with a wrong header or payload.
+    pub corrupted: u64,
+    /// Queue errors (typed ring errors: peer protocol violations and the like).
+    pub errors: u64,
+    /// True if the peer left (link down) before this side was done.
+    pub peer_left_early: bool,
+}
+
+impl ExactReport {
+    fn new(per_queue: u64, queues: usize, gen_here: bool, v: &[QueueReport]) -> ExactReport {
+        let sum = |f: fn(&QueueReport) -> u64| v.iter().map(f).sum::<u64>();
+        let expected = per_queue.saturating_mul(queues as u64);
+        let received = sum(|q| q.received);
+        ExactReport {
+            per_queue,
+            expected,
+            generated_here: gen_here,
+            checked_here: !gen_here,
+            sent: sum(|q| q.sent),
+            received,
+            lost: if gen_here {
+                0
+            } else {
+                expected.saturating_sub(received)
+            },
+            reordered: sum(|q| q.reordered),
+            corrupted: sum(|q| q.corrupted),
+            errors: sum(|q| q.errors),
+            peer_left_early: false,
+        }
+    }
+
+    /// True if this side's part of the run is clean: the generator sent everything,
+    /// the checker received everything in order and intact.
+    pub fn clean(&self) -> bool {
+        let mine = if self.generated_here {
+            self.sent == self.expected
+        } else {
+            self.received == self.expected && self.lost == 0
+        };
+        mine && self.reordered == 0 && self.corrupted == 0 && !self.peer_left_early
+    }
 }
 
 /// The `--json` object.
@@ -326,6 +420,9 @@ pub struct TestpmdResult {
     pub fwd_queues: Vec<QueueReport>,
     /// An error, if the run did not complete cleanly.
     pub error: Option<String>,
+    /// `--packets` runs: the exact counts of this side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact: Option<ExactReport>,
     #[serde(skip)]
     hist: Option<Histogram<u64>>,
 }
@@ -450,7 +547,6 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 
 fn port_config(a: &TestpmdArgs, spec: WindowSpec, role: Role) -> Result<PortConfig, String> {
     let mut c = PortConfig::new(spec, role);
-    c.handshake_timeout = Duration::from_secs_f64(a.handshake_timeout);
     c.ring = a.ring.kind();
     c.queues = a.rxq.max(a.txq);
     c.ring_size = ring_size(a)?;
@@ -460,6 +556,30 @@ fn port_config(a: &TestpmdArgs, spec: WindowSpec, role: Role) -> Result<PortConf
         // A shared machine (tests, CI): a side may be descheduled for a while; do not
         // call the peer lost after the default 100 ms.
         c.timing.peer_timeout = Duration::from_secs(2);
+    }
+    let secs = |what: &str, s: f64| {
+        Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{what} {s}: must be a positive number of seconds"))
+    };
+    if let Some(t) = a.peer_timeout {
+        c.timing.peer_timeout = secs("--peer-timeout", t)?;
+    }
+    c.handshake_timeout = secs("--handshake-timeout", a.handshake_timeout)?;
+    if a.packets.is_some() {
+        if a.role == RoleArg::Both {
+            return Err("--packets is for two independently started sides: --role frontend on one, --role backend on the other".into());
+        }
+        if !matches!(
+            a.forward_mode,
+            FwdMode::Rxonly | FwdMode::Txonly | FwdMode::Flowgen
+        ) {
+            return Err(format!(
+                "--packets works with --forward-mode rxonly, txonly or flowgen, not {}",
+                a.forward_mode.name()
+            ));
+        }
     }
     Ok(c)
 }
@@ -488,21 +608,41 @@ fn window_spec(a: &TestpmdArgs) -> Result<(WindowSpec, String), String> {
 }
 
 /// The main thread's wait: polls the control plane every millisecond, prints live
-/// stats, returns at `until`, on Ctrl-C, or when `done()` says so.
+/// stats, returns at `until`, on Ctrl-C, or when `done()` says so. In a `--packets`
+/// run the link going down (the peer left) also ends the wait, and is returned as
+/// `Err` for the caller to judge (expected once this side is done).
 fn tend(
     port: &mut Port,
     until: Instant,
     a: &TestpmdArgs,
     sw: Option<&StatsWindow>,
     last: &mut (Instant, Vec<dataplane::stats::Counters>),
-    mut done: impl FnMut() -> bool,
+    done: impl FnMut() -> bool,
 ) -> Option<String> {
+    match tend_exact(port, until, a, sw, last, done) {
+        Ok(e) => e,
+        Err(down) => Some(down),
+    }
+}
+
+/// [`tend`], returning `Err(why)` if a `--packets` run saw the link go down.
+fn tend_exact(
+    port: &mut Port,
+    until: Instant,
+    a: &TestpmdArgs,
+    sw: Option<&StatsWindow>,
+    last: &mut (Instant, Vec<dataplane::stats::Counters>),
+    mut done: impl FnMut() -> bool,
+) -> Result<Option<String>, String> {
     let mut err = None;
     while Instant::now() < until && !done() {
         if !a.child && interrupted() {
             break;
         }
         match port.poll_control(Instant::now()) {
+            Ok(LinkChange::Down(r)) if a.packets.is_some() => {
+                return Err(format!("link down: {r:?}"))
+            }
             Ok(LinkChange::Down(r)) if err.is_none() => err = Some(format!("link down: {r:?}")),
             Err(e) if err.is_none() => err = Some(format!("control plane: {e}")),
             _ => {}
@@ -526,7 +666,7 @@ fn tend(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    err
+    Ok(err)
 }
 
 type Slots<T> = Arc<Mutex<Vec<Option<T>>>>;
@@ -555,6 +695,13 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
     };
     let before = probe(&cores);
     let mut port = Port::create(&cfg).map_err(|e| format!("--window {spec_text}: {e}"))?;
+    if a.role == RoleArg::Frontend {
+        // A peer started by hand (or by a harness watching this log) attaches now.
+        eprintln!(
+            "zerohop: testpmd: window {spec_text} ready ({} ring, {nq} queue pair(s)); waiting for the peer",
+            a.ring.name()
+        );
+    }
     let instance = a
         .instance
         .clone()
@@ -621,7 +768,14 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
         burst: a.burst as usize,
         window: ring_size(a)? as u64,
         ns_per_tick,
+        limit: a.packets.unwrap_or(u64::MAX),
     };
+    if let Some(n) = a.packets {
+        for e in expected.iter() {
+            // Relaxed: run control, before the lcores start.
+            e.store(n, Ordering::Relaxed);
+        }
+    }
     let gen_cores: Vec<usize> = (0..nq).map(|q| cores[q % cores.len()]).collect();
     let pl = poller(a.poll);
     let (h2, w2, p2, e2, q2) = (
@@ -643,21 +797,45 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
     let start = Instant::now();
     let mut last = (Instant::now(), sw.read());
     let sw_ref = Some(&sw);
-    let mut error = tend(
-        &mut port,
-        start + Duration::from_secs_f64(a.duration.max(0.0)),
-        a,
-        sw_ref,
-        &mut last,
-        || false,
-    );
+    let until = start + Duration::from_secs_f64(a.duration.max(0.0));
+    let all_quiet = || quiet.iter().all(|x| x.load(Ordering::Relaxed));
+    let mut peer_left_early = false;
+    let mut error = match a.packets {
+        None => tend(&mut port, until, a, sw_ref, &mut last, || false),
+        Some(n) => {
+            // This side is done when its generators sent (Stream) or received (Sink)
+            // n per queue; a generating side then waits for the checking peer to
+            // leave, which is its signal that everything arrived.
+            let sink = gcfg.kind == GenKind::Sink;
+            let r = tend_exact(&mut port, until, a, sw_ref, &mut last, || {
+                sink && all_quiet()
+            });
+            let what = if sink { "received" } else { "sent" };
+            match r {
+                Err(_) if all_quiet() => None,
+                Err(down) => {
+                    peer_left_early = true;
+                    Some(format!(
+                        "{down}: the peer left before this side {what} {n} packets per queue"
+                    ))
+                }
+                Ok(e) if sink && all_quiet() => e,
+                Ok(e) => e.or(Some(if all_quiet() {
+                    "--duration passed before the peer finished (it never left)".to_owned()
+                } else {
+                    format!("--duration passed before this side {what} {n} packets per queue")
+                })),
+            }
+        }
+    };
     let run_secs = start.elapsed().as_secs_f64();
     // DRAIN: generators stop; round trips come back.
     // Relaxed: a run-control flag (see fwd::FwdCtx::running).
     phase.store(PHASE_DRAIN, Ordering::Relaxed);
-    let drain_end = Instant::now() + Duration::from_secs(1);
-    let all_quiet = || quiet.iter().all(|x| x.load(Ordering::Relaxed));
-    error = error.or(tend(&mut port, drain_end, a, None, &mut last, all_quiet));
+    if a.packets.is_none() {
+        let drain_end = Instant::now() + Duration::from_secs(1);
+        error = error.or(tend(&mut port, drain_end, a, None, &mut last, all_quiet));
+    }
 
     let mut peer = None;
     if let Some(mut stdin) = child_in.take() {
@@ -695,7 +873,7 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
             // Relaxed: run control, as the phase.
             e.store(r.queues.get(q).map_or(0, |x| x.sent), Ordering::Relaxed);
         }
-    } else {
+    } else if a.packets.is_none() {
         for e in expected.iter() {
             e.store(0, Ordering::Relaxed);
         }
@@ -716,7 +894,11 @@ pub fn run_generator(a: &TestpmdArgs) -> Result<TestpmdResult, String> {
     }
     drop(port);
     let after = probe(&cores);
-    Ok(assemble(a, gens, peer, run_secs, before, after, error))
+    let mut r = assemble(a, gens, peer, run_secs, before, after, error);
+    if let Some(x) = r.exact.as_mut() {
+        x.peer_left_early = peer_left_early;
+    }
+    Ok(r)
 }
 
 fn assemble(
@@ -757,6 +939,23 @@ fn assemble(
         _ => (sum(&gen_queues, |q| q.sent), &gen_queues),
     };
     let packets = sum(checked, |q| q.received);
+    // An exact-count run against an independently started peer: only this side's
+    // counts are known; the peer was told to send exactly --packets per queue.
+    let exact = match (a.packets, &peer) {
+        (Some(n), None) => Some(ExactReport::new(
+            n,
+            gen_queues.len(),
+            kind != GenKind::Sink,
+            &gen_queues,
+        )),
+        _ => None,
+    };
+    let (sent, lost) = match &exact {
+        Some(x) if x.checked_here => (x.expected, x.lost),
+        // Checked by the peer: its report has the verdict.
+        Some(_) => (sent, 0),
+        None => (sent, sent.saturating_sub(packets)),
+    };
     let (rr, rw, note) = remote_per_pkt(a.ring, kind, a.txpkts);
     let secs = secs.max(1e-9);
     TestpmdResult {
@@ -769,7 +968,7 @@ fn assemble(
         duration_s: secs,
         packets,
         sent,
-        lost: sent.saturating_sub(packets),
+        lost,
         reordered: sum(checked, |q| q.reordered),
         corrupted: sum(checked, |q| q.corrupted),
         drops: sum(&gen_queues, |q| q.drops) + sum(&fwd_queues, |q| q.drops),
@@ -790,11 +989,30 @@ fn assemble(
         gen_queues,
         fwd_queues,
         error,
+        exact,
         hist: Some(hist),
     }
 }
 
 // ---- the peer / backend side ----------------------------------------------------------
+
+/// Peer protocol violations one forwarding lcore saw.
+#[derive(Debug, Default)]
+struct Violations {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Violations {
+    fn note(&mut self, e: &dataplane::port::PortError, what: &str) {
+        if let dataplane::port::PortError::Queue(q) = e {
+            if q.is_peer_violation() {
+                self.count += 1;
+                self.first.get_or_insert_with(|| format!("{what}: {q}"));
+            }
+        }
+    }
+}
 
 /// Runs the forwarding side: attaches, runs the engine on every queue until told to
 /// stop (stdin, with `--child`), Ctrl-C or `--duration`; returns its report.
@@ -864,25 +1082,41 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         (0..nq).map(|q| tx_group.writer(q).ok()).collect(),
     ));
     let phase = Arc::new(AtomicU32::new(PHASE_RUN));
-    let expected: Arc<[AtomicU64]> = (0..nq).map(|_| AtomicU64::new(0)).collect();
+    let limit = a.packets.unwrap_or(u64::MAX);
+    let expected: Arc<[AtomicU64]> = (0..nq)
+        .map(|_| AtomicU64::new(a.packets.unwrap_or(0)))
+        .collect();
+    // --packets: lcores that sent (generating engines) or received (rxonly) `limit`.
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let fwd_cores: Vec<usize> = (0..nq).map(|q| cores[(nq + q) % cores.len()]).collect();
     let pl = poller(a.poll);
     let (mode, size, burst, flows) = (a.forward_mode, a.txpkts as usize, a.burst as usize, a.flows);
     let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (h2, w2, p2, e2, fin2) = (
+    let (h2, w2, p2, e2, fin2, r2) = (
         handles.clone(),
         tx_writers.clone(),
         phase.clone(),
         expected.clone(),
         finished.clone(),
+        reached.clone(),
     );
     let lcores = Lcores::launch_with_stats(&fwd_cores, Arc::new(sw.group(2)?), move |ctx| {
         let i = ctx.lcore_id as usize;
         let (Some(mut q), Some(w)) = (take(&h2, i), take(&w2, i)) else {
-            return (QueueReport::default(), pkt::new_histogram());
+            return (
+                QueueReport::default(),
+                pkt::new_histogram(),
+                None,
+                Violations::default(),
+            );
         };
         let Some(mut engine) = fwd::new_engine(mode.name()) else {
-            return (QueueReport::default(), pkt::new_histogram());
+            return (
+                QueueReport::default(),
+                pkt::new_histogram(),
+                None,
+                Violations::default(),
+            );
         };
         let mut f = FwdCtx {
             size,
@@ -890,6 +1124,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
             seq: 0,
             flows,
             sent: 0,
+            limit,
             drops: 0,
             checker: Checker::new(ns_per_tick),
             tx_stats: &w,
@@ -899,9 +1134,25 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         };
         let mut rx = Vec::with_capacity(burst);
         let mut errors = 0u64;
+        let mut first_err: Option<String> = None;
+        let mut viol = Violations::default();
         let mut drain_end: Option<Instant> = None;
         let gens = engine.generates();
+        let mut done_here = false;
         pl.run(ctx, |ctx| {
+            if limit != u64::MAX && !done_here {
+                let got = if gens { f.seq } else { f.checker.received };
+                if got >= limit {
+                    done_here = true;
+                    // Relaxed: a progress count the main thread polls.
+                    r2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if done_here && mode == FwdMode::Rxonly {
+                // The checking side of a --packets run has everything: leave (the
+                // generating peer takes that as its end).
+                return dataplane::lcore::Work::Stop;
+            }
             // Relaxed: run control.
             if p2.load(Ordering::Relaxed) != PHASE_RUN {
                 // Only the checking engine drains, to the count the generator sent.
@@ -915,25 +1166,34 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
             if gens {
                 match engine.generate(&mut q, &mut f) {
                     Ok(m) => moved = m,
-                    Err(_) => {
+                    Err(e) => {
                         errors += 1;
                         ctx.stats.add_errors(1);
+                        viol.note(&e, "tx");
+                        first_err.get_or_insert_with(|| format!("tx: {e}"));
                     }
                 }
             }
             let n = match q.rx_burst(&mut rx, burst) {
                 Ok(n) => n,
-                Err(_) => {
+                // Done generating in a --packets run: the checking peer leaving (link
+                // down) is the expected end, not an error.
+                Err(_) if done_here => return dataplane::lcore::Work::Idle,
+                Err(e) => {
                     errors += 1;
                     ctx.stats.add_errors(1);
+                    viol.note(&e, "rx");
+                    first_err.get_or_insert_with(|| format!("rx: {e}"));
                     0
                 }
             };
             if n > 0 {
                 let bytes: u64 = rx.iter().map(|m| m.len() as u64).sum();
-                if engine.on_burst(&mut rx, &mut q, &mut f).is_err() {
+                if let Err(e) = engine.on_burst(&mut rx, &mut q, &mut f) {
                     errors += 1;
                     ctx.stats.add_errors(1);
+                    viol.note(&e, "forward");
+                    first_err.get_or_insert_with(|| format!("forward: {e}"));
                 }
                 rx.clear();
                 return dataplane::lcore::Work::Busy {
@@ -967,6 +1227,8 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
                 errors,
             },
             c.hist.clone(),
+            first_err,
+            viol,
         )
     })
     .map_err(|e| format!("--lcores: {e}"))?;
@@ -974,15 +1236,38 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
     let end = Instant::now() + Duration::from_secs_f64(a.duration.max(0.0));
     let mut last = (Instant::now(), sw.read());
     let mut stop_line = None;
-    let error = tend(&mut port, end, a, Some(&sw), &mut last, || {
+    let checks = a.packets.is_some() && a.forward_mode == FwdMode::Rxonly;
+    let all_reached = || reached.load(Ordering::Relaxed) >= nq;
+    let r = tend_exact(&mut port, end, a, Some(&sw), &mut last, || {
         if let Some(rx) = &stdin_rx {
             if let Ok(l) = rx.try_recv() {
                 stop_line = Some(l);
                 return true;
             }
         }
-        false
+        checks && all_reached()
     });
+    let mut peer_left_early = false;
+    let error = match (r, a.packets) {
+        (Ok(e), None) => e,
+        (Err(down), None) => Some(down),
+        (Err(_), Some(_)) if all_reached() => None,
+        (Err(down), Some(n)) => {
+            peer_left_early = true;
+            Some(format!(
+                "{down}: the peer left before this side {} {n} packets per queue",
+                if checks { "received" } else { "sent" }
+            ))
+        }
+        (Ok(e), Some(n)) if !all_reached() => e.or(Some(format!(
+            "--duration passed before this side {} {n} packets per queue",
+            if checks { "received" } else { "sent" }
+        ))),
+        (Ok(e), Some(_)) if !checks => e.or(Some(
+            "--duration passed before the peer finished (it never left)".to_owned(),
+        )),
+        (Ok(e), Some(_)) => e,
+    };
     if let Some(l) = &stop_line {
         let counts = l.trim().strip_prefix("stop").unwrap_or("").trim();
         for (e, v) in expected.iter().zip(counts.split(',')) {
@@ -1001,19 +1286,36 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
         &mut last2,
         all_done,
     );
+    let link = port.link_status();
     let results = lcores
         .stop_and_join(Duration::from_secs(5))
         .map_err(|e| format!("forwarding lcores: {e}"))?;
     let mut hist = pkt::new_histogram();
     let mut queues = Vec::new();
-    for (r, h) in results {
+    let mut first_queue_error = None;
+    let mut violations = Violations::default();
+    for (r, h, e, v) in results {
         let _ = hist.add(&h);
         queues.push(r);
+        first_queue_error = first_queue_error.or(e);
+        violations.count += v.count;
+        violations.first = violations.first.or(v.first);
     }
+    let exact = a.packets.map(|n| {
+        let mut x = ExactReport::new(n, nq, !checks, &queues);
+        x.peer_left_early = peer_left_early;
+        x
+    });
     Ok(PeerReport {
         queues,
         hist_hex: encode_hist(&hist),
         error,
+        exact,
+        first_queue_error,
+        violations: violations.count,
+        first_violation: violations.first,
+        link_downs: link.downs,
+        link_down_reason: (!link.up).then(|| format!("{:?}", link.reason)),
     })
 }
 
@@ -1099,6 +1401,9 @@ fn write_latency_files(a: &TestpmdArgs, r: &TestpmdResult) -> Result<(), String>
 }
 
 fn failed(r: &TestpmdResult) -> bool {
+    if let Some(x) = &r.exact {
+        return r.error.is_some() || !x.clean();
+    }
     r.error.is_some() || r.corrupted > 0 || r.packets == 0
 }
 
@@ -1134,8 +1439,14 @@ pub fn run(a: &TestpmdArgs, no_args: bool) -> ExitCode {
                     eprintln!("zerohop testpmd: {e}");
                 }
             }
+            let exact_bad = r
+                .exact
+                .as_ref()
+                .is_some_and(|x| r.error.is_some() || !x.clean());
             if setup_failed {
                 ExitCode::from(2)
+            } else if exact_bad {
+                ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
             }

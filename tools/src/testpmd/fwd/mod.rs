@@ -106,6 +106,8 @@ pub struct FwdCtx<'a> {
     pub flows: u16,
     /// Packets sent.
     pub sent: u64,
+    /// `--packets`: generating engines stop after this many (`u64::MAX`: no limit).
+    pub limit: u64,
     /// Packets dropped (not accepted before the run ended).
     pub drops: u64,
     /// Receive checks (rxonly).
@@ -269,7 +271,15 @@ pub fn generate_burst(
     if !ctx.running() {
         return Ok(Moved::default());
     }
-    let n = ctx.burst.min(MAX).min(ctx.scratch.len());
+    let left = ctx.limit.saturating_sub(ctx.seq);
+    let n = ctx
+        .burst
+        .min(MAX)
+        .min(ctx.scratch.len())
+        .min(usize::try_from(left).unwrap_or(usize::MAX));
+    if n == 0 {
+        return Ok(Moved::default());
+    }
     let now = pkt::ticks();
     let mut moved = Moved::default();
     let mut start = 0;

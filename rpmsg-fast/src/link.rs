@@ -36,8 +36,7 @@ use std::time::{Duration, Instant};
 
 use pmd::control::{Backend, BackendConfig, Event, Frontend, FrontendConfig, Timing};
 use pmd::copy::CopyEngine;
-use pmd::queue::virtio::PKT_HDR;
-use pmd::queue::{Packed, RingMode as VirtioMode, Split};
+use pmd::queue::{Packed, PktHeader, RingMode as VirtioMode, Split};
 use pmd::queue::{
     PktHandle, PktReturner, PostedLinkLayout, PostedQueuePair, QueueError, QueuePair, QueueStats,
     RxPkt, Side, TxSlot, VirtioBackend, VirtioFrontend, VirtioLinkLayout,
@@ -310,8 +309,12 @@ fn layout_for(cfg: &LinkConfig) -> Result<Layout, RpmsgError> {
             };
             let size = u16::try_from(cfg.ring_size)
                 .map_err(|_| RpmsgError::Config(format!("ring_size {}", cfg.ring_size)))?;
-            let b = (buf + PKT_HDR).next_multiple_of(64) as u32;
-            Ok(Layout::Virtio(VirtioLinkLayout::new(mode, size, b, 1)?))
+            // Buffers hold the RPMsg message alone (rpmsg_hdr at byte 0, no zerohop
+            // packet header): the buffer format of Linux virtio_rpmsg_bus.
+            let b = buf.next_multiple_of(64) as u32;
+            Ok(Layout::Virtio(
+                VirtioLinkLayout::new(mode, size, b, 1)?.with_header(PktHeader::None),
+            ))
         }
     }
 }

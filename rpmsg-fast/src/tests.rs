@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use pmd::copy::CopyEngine;
-use pmd::queue::{Packed, PostedLinkLayout, QueuePair, Side, Split, VirtioLinkLayout};
+use pmd::queue::{Packed, PktHeader, PostedLinkLayout, QueuePair, Side, Split, VirtioLinkLayout};
 use pmd::window::HeapWindow;
 use rings::posted::PostedLayout;
 
@@ -138,7 +138,9 @@ fn pair(mode: Mode, cfg: BusConfig) -> (Rpmsg<LinkQueue>, Rpmsg<LinkQueue>, Heap
             } else {
                 pmd::queue::RingMode::Packed
             };
-            let l = VirtioLinkLayout::new(m, 64, 576, 1).unwrap();
+            let l = VirtioLinkLayout::new(m, 64, 512, 1)
+                .unwrap()
+                .with_header(PktHeader::None);
             let w = HeapWindow::new(l.window_size()).unwrap();
             l.create(&w).unwrap();
             let (a, b) = if matches!(mode, Mode::Split) {
@@ -203,6 +205,46 @@ fn echo_every_mode_both_ways() {
             Err(RpmsgError::TooLarge { len: 497, max: 496 })
         ));
     }
+}
+
+/// Split mode puts exactly what Linux virtio_rpmsg_bus puts in a vring: a 512-byte
+/// buffer per descriptor whose first 16 bytes are `struct rpmsg_hdr`, the payload
+/// right after it, and the descriptor length covering header + payload.
+#[test]
+fn split_buffers_are_virtio_rpmsg_bus_buffers() {
+    use rings::split::SplitLayout;
+    use rings::Mem;
+    use std::sync::atomic::Ordering;
+    let (mut h, mut r, w) = pair(Mode::Split, BusConfig::default());
+    let he = h.create_endpoint(None, Addr::Dynamic).unwrap();
+    let _re = r.create_endpoint(None, Addr::Fixed(77)).unwrap();
+    h.send_deadline(he, 77, b"hello", deadline()).unwrap();
+    let l = VirtioLinkLayout::attach(&w).unwrap();
+    assert_eq!(l.geometry().header, PktHeader::None);
+    assert_eq!(l.geometry().buf_size, 512);
+    let a = l.areas(&w, 0).unwrap();
+    let sl = SplitLayout::new(64).unwrap();
+    let head = a
+        .tx_ring
+        .load_u16(sl.avail_ring(0), Ordering::Relaxed)
+        .unwrap();
+    let mut d = [0u8; 16];
+    a.tx_ring.read_bytes(sl.desc(head), &mut d).unwrap();
+    let addr = u64::from_le_bytes(d[..8].try_into().unwrap()) as usize;
+    let len = u32::from_le_bytes(d[8..12].try_into().unwrap());
+    assert_eq!((len, addr % 512), (16 + 5, 0));
+    let mut buf = [0u8; 21];
+    a.data.read_bytes(addr, &mut buf).unwrap();
+    #[rustfmt::skip]
+    let want = [
+        0x00, 0x04, 0x00, 0x00, // src = 1024
+        0x4d, 0x00, 0x00, 0x00, // dst = 77
+        0x00, 0x00, 0x00, 0x00, // reserved
+        0x05, 0x00,             // len = 5
+        0x00, 0x00,             // flags
+        b'h', b'e', b'l', b'l', b'o',
+    ];
+    assert_eq!(buf, want);
 }
 
 #[test]

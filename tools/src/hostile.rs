@@ -98,6 +98,11 @@ pub struct HostileArgs {
     /// Open a window file owned by another user or writable by others.
     #[arg(long)]
     pub allow_foreign: bool,
+    /// Attacker: leave the window header and the control block alone and write into
+    /// the rings and buffers only (the victim then sees ring violations rather than a
+    /// peer that restarted or broke the handshake).
+    #[arg(long)]
+    pub rings_only: bool,
 }
 
 /// Entry point.
@@ -328,7 +333,13 @@ fn attack(a: &HostileArgs) -> Result<String, String> {
     if len < 64 {
         return Err(format!("{}: window of {len} bytes is too small", a.window));
     }
-    let (targets, header_read) = learn_targets(a, &region);
+    let (mut targets, header_read) = learn_targets(a, &region);
+    if a.rings_only {
+        targets.retain(|t| !matches!(t.kind, TargetKind::Header | TargetKind::Config));
+        if targets.is_empty() {
+            return Err(format!("{}: --rings-only: no ring areas", a.window));
+        }
+    }
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -3,7 +3,7 @@
 //! directory, a character device), a peer that never finishes the handshake, bad
 //! option values, bad stats windows. Each must give a clear error naming what is
 //! wrong, exit 2 (1 for `stats`), within a bounded time, and leave no file and no
-//! process behind. The table in docs/THREAT_MODEL_bad_input.md lists the same cases
+//! process behind. The table in docs/THREAT_MODEL.md ("Bad input tried") lists the same cases
 //! with the exact messages.
 //!
 //! (Pipeline configs and `report` inputs are covered by `pipeline.rs` and `report.rs`;

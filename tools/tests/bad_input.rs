@@ -199,7 +199,7 @@ fn bad_window_files_fail_at_once() {
             format!("{base}-link"),
             "is a symbolic link; refusing to follow it",
         ),
-        (format!("{base}-dir"), "Is a directory"),
+        (format!("{base}-dir"), "not a regular file"),
         ("/dev/zero".to_string(), "not a regular file"),
         (format!("{base}-missing/w"), "does not exist"),
     ];

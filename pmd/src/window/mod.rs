@@ -460,6 +460,7 @@ pub(crate) fn open_error(path: &Path, op: &'static str, e: io::Error) -> WindowE
         Some(libc::EEXIST) => WindowError::Exists { path },
         Some(libc::ENOENT) => WindowError::NotFound { path },
         Some(libc::ELOOP) => WindowError::Symlink { path },
+        Some(libc::EISDIR) => WindowError::NotRegular { path },
         _ => WindowError::Io {
             op,
             path,

@@ -50,7 +50,7 @@ pub fn ensure_installed(log: &mut Vec<String>) -> Result<PathBuf, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| format!("apt-get could not run: {e}"))?;
+        .map_err(|e| format!("dpdk-testpmd is not installed, and apt-get could not run: {e}"))?;
     if !st.success() {
         return Err(format!(
             "apt-get install dpdk dpdk-dev failed ({st}); run it by hand (root, network)"

@@ -492,6 +492,7 @@ fn main() -> ExitCode {
 
 fn run(o: &Opts) -> Outcome {
     let t0 = Instant::now();
+    let load_before = report::loadavg();
     let mut skipped = Vec::new();
     let mut notes = Vec::new();
     let on = |s: &str| o.only.iter().any(|x| x == s);
@@ -580,9 +581,12 @@ fn run(o: &Opts) -> Outcome {
             skipped.push(format!("{s} section: not in --only"));
         }
     }
+    let mut machine = report::Machine::detect();
+    machine.load_before = load_before;
+    machine.load_after = report::loadavg();
     Outcome {
         command: o.command.clone(),
-        machine: report::Machine::detect(),
+        machine,
         repeats: o.repeats,
         quick: o.quick,
         figures,

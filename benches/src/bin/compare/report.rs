@@ -32,6 +32,18 @@ pub struct Machine {
     pub mem_gib: f64,
     /// Date and time (UTC) of the run.
     pub date: String,
+    /// 1-minute load average at the start of the run.
+    pub load_before: f64,
+    /// 1-minute load average at the end (set by the run).
+    pub load_after: f64,
+}
+
+/// The 1-minute load average (/proc/loadavg), NaN if unreadable.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 impl Machine {
@@ -71,6 +83,8 @@ impl Machine {
                 .to_owned(),
             mem_gib,
             date,
+            load_before: loadavg(),
+            load_after: f64::NAN,
         }
     }
 }
@@ -381,6 +395,18 @@ pub fn markdown(o: &Outcome, svg_rel: Option<&str>) -> String {
         o.machine.cpu, o.machine.cores, o.machine.mem_gib, o.machine.kernel
     );
     let _ = writeln!(m, "- Date: {}", o.machine.date);
+    let busy = o.machine.load_before.max(o.machine.load_after) > 0.5 * o.machine.cores as f64;
+    let _ = writeln!(
+        m,
+        "- Load average (1 min) at start / end: {:.2} / {:.2}{}",
+        o.machine.load_before,
+        o.machine.load_after,
+        if busy {
+            " -- **the machine was busy: other processes competed for the two cores, so these figures are noise, not results; run again on an idle machine**"
+        } else {
+            ""
+        }
+    );
     let (mut near, mut far, mut void) = (0, 0, 0);
     let mut probes = Vec::new();
     for f in o.figures.iter().filter(|f| f.cross_core) {
@@ -416,7 +442,16 @@ pub fn markdown(o: &Outcome, svg_rel: Option<&str>) -> String {
         "| ratio | median (min-max) | placement | target | verdict |"
     );
     let _ = writeln!(m, "|---|---|---|---|---|");
-    for r in &rs {
+    // Ratios whose peer was not measured at all: one row per reason.
+    let mut missing: Vec<(String, Vec<&RatioOut>)> = Vec::new();
+    for r in rs.iter().filter(|r| r.ratio.is_none()) {
+        let why = r.why.clone().unwrap_or_default();
+        match missing.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, v)) => v.push(r),
+            None => missing.push((why, vec![r])),
+        }
+    }
+    for r in rs.iter().filter(|r| r.ratio.is_some()) {
         let _ = writeln!(
             m,
             "| {} | {} | {} | {} | {} |",
@@ -427,6 +462,30 @@ pub fn markdown(o: &Outcome, svg_rel: Option<&str>) -> String {
             r.placement,
             target_text(r.spec.target),
             plain_words(r)
+        );
+    }
+    for (why, v) in &missing {
+        let targets: Vec<String> = v
+            .iter()
+            .filter(|r| r.spec.target != Target::Report)
+            .map(|r| target_text(r.spec.target))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let _ = writeln!(
+            m,
+            "| {} ratio(s): {} | - | - | {} | **not measured**: {} |",
+            v.len(),
+            v.iter()
+                .map(|r| r.spec.label.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            if targets.is_empty() {
+                "reported".into()
+            } else {
+                targets.join(", ")
+            },
+            why
         );
     }
     if let Some(svg) = svg_rel {
@@ -475,7 +534,7 @@ pub fn markdown(o: &Outcome, svg_rel: Option<&str>) -> String {
     if !errs.is_empty() {
         let _ = writeln!(m, "\nFailed attempts:\n");
         for e in errs.iter().take(20) {
-            let _ = writeln!(m, "- {e}");
+            let _ = writeln!(m, "- {}", zerohop::one_line(e));
         }
     }
 
@@ -550,10 +609,28 @@ pub fn markdown(o: &Outcome, svg_rel: Option<&str>) -> String {
     m
 }
 
-/// Replaces the generated block of `doc` (or inserts it after the first line).
+/// Byte offset of `marker` standing alone at the start of a line of `doc`.
+fn line_marker(doc: &str, marker: &str, from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(i) = doc.get(at..)?.find(marker) {
+        let i = at + i;
+        let starts = i == 0 || doc.as_bytes()[i - 1] == b'\n';
+        let rest = &doc[i + marker.len()..];
+        if starts && (rest.is_empty() || rest.starts_with('\n')) {
+            return Some(i);
+        }
+        at = i + marker.len();
+    }
+    None
+}
+
+/// Replaces the generated block of `doc` (markers alone on their lines; a mention of
+/// them inside a sentence does not count), or inserts it after the first line.
 pub fn splice(doc: &str, block: &str) -> String {
-    if let (Some(a), Some(b)) = (doc.find(BEGIN), doc.find(END)) {
-        if a < b {
+    let a = line_marker(doc, BEGIN, 0);
+    let b = a.and_then(|a| line_marker(doc, END, a));
+    if let (Some(a), Some(b)) = (a, b) {
+        {
             let end = b + END.len();
             let end = if doc[end..].starts_with('\n') {
                 end + 1
@@ -771,6 +848,8 @@ mod tests {
                 kernel: "k".into(),
                 mem_gib: 1.0,
                 date: "today".into(),
+                load_before: 0.1,
+                load_after: 0.1,
             },
             repeats: 2,
             quick: true,
@@ -814,6 +893,7 @@ mod tests {
         assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END));
         assert!(md.contains("**missed**: 3.00x where the target is <= 1.3x"));
         assert!(md.contains("DPDK section: not asked for"));
+        assert!(md.contains("**not measured**: dpdk not measured (see Skipped)"));
         let j = to_json(&o);
         for k in [
             "command",

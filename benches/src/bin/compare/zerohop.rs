@@ -92,7 +92,7 @@ pub fn run(
     burst: usize,
     secs: f64,
 ) -> Result<Run, String> {
-    let out = run_with_deadline(
+    let (ok, out) = run_with_deadline_raw(
         Command::new(bin)
             .args(["testpmd", "--json", "-l", "0,1"])
             .args(["--ring", ring, "--forward-mode", mode])
@@ -101,8 +101,13 @@ pub fn run(
             .args(["--duration", &secs.to_string()]),
         Duration::from_secs_f64(secs + 30.0),
     )?;
-    let v: Value = serde_json::from_str(out.trim())
-        .map_err(|e| format!("testpmd --json: {e}: {}", out.trim()))?;
+    let v: Value = serde_json::from_str(out.trim()).map_err(|e| {
+        format!(
+            "testpmd --json ({}): {e}: {}",
+            if ok { "exit 0" } else { "failed" },
+            one_line(&out)
+        )
+    })?;
     if let Some(e) = v.get("error").and_then(Value::as_str) {
         return Err(format!("testpmd: {e}"));
     }
@@ -130,6 +135,51 @@ pub fn run(
     })
 }
 
+/// `s` on one line, at most 300 characters (for reports).
+pub fn one_line(s: &str) -> String {
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s,
+    }
+}
+
+/// Runs `cmd` to completion (killed after `limit`): (exited 0, stdout), or why it
+/// could not be run or did not finish.
+pub fn run_with_deadline_raw(cmd: &mut Command, limit: Duration) -> Result<(bool, String), String> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(o)) => {
+            let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
+            if !o.status.success() && out.trim().is_empty() {
+                out = format!(
+                    "{}: {}",
+                    o.status,
+                    one_line(&String::from_utf8_lossy(&o.stderr))
+                );
+            }
+            Ok((o.status.success(), out))
+        }
+        Ok(Err(e)) => Err(format!("wait: {e}")),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid (not yet reaped: the waiter thread
+            // is still blocked in wait), no memory involved.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            Err(format!("no result within {limit:?}; killed pid {pid}"))
+        }
+    }
+}
+
 /// Runs `cmd` to completion (killed after `limit`) and returns its stdout.
 pub fn run_with_deadline(cmd: &mut Command, limit: Duration) -> Result<String, String> {
     let child = cmd
@@ -146,10 +196,10 @@ pub fn run_with_deadline(cmd: &mut Command, limit: Duration) -> Result<String, S
     match rx.recv_timeout(limit) {
         Ok(Ok(o)) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
         Ok(Ok(o)) => Err(format!(
-            "exit {}: {}{}",
+            "{}: {} {}",
             o.status,
-            String::from_utf8_lossy(&o.stdout).trim(),
-            String::from_utf8_lossy(&o.stderr).trim()
+            one_line(&String::from_utf8_lossy(&o.stdout)),
+            one_line(&String::from_utf8_lossy(&o.stderr))
         )),
         Ok(Err(e)) => Err(format!("wait: {e}")),
         Err(_) => {

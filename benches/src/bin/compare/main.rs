@@ -490,7 +490,29 @@ fn main() -> ExitCode {
     report::emit(&o, &out)
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Relaxed: a flag polled between cases; nothing else rides on it.
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ctrl-C / SIGTERM: finish the current case, then clean up and report what ran.
+fn install_signals() {
+    let h: extern "C" fn(libc::c_int) = on_signal;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, h as libc::sighandler_t) };
+    }
+}
+
+fn interrupted() -> bool {
+    // Relaxed: see on_signal.
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn run(o: &Opts) -> Outcome {
+    install_signals();
     let t0 = Instant::now();
     let load_before = report::loadavg();
     let mut skipped = Vec::new();
@@ -538,6 +560,9 @@ fn run(o: &Opts) -> Outcome {
         })
         .collect();
     for rep in 0..o.repeats {
+        if interrupted() {
+            break;
+        }
         eprintln!(
             "compare: repeat {}/{} ({} cases, {:.0} s so far)",
             rep + 1,
@@ -550,6 +575,9 @@ fn run(o: &Opts) -> Outcome {
             order.reverse();
         }
         for i in order {
+            if interrupted() {
+                break;
+            }
             for attempt in 0..=VOID_RETRIES {
                 match run_case(cases[i], rep, &mut ctx) {
                     Ok(s) => {
@@ -569,7 +597,17 @@ fn run(o: &Opts) -> Outcome {
             }
         }
     }
-    let scal = scaling(o, &ctx, &mut skipped);
+    if interrupted() {
+        skipped.push(format!(
+            "interrupted (SIGINT/SIGTERM) after {:.0} s: the cases after that point did not run",
+            t0.elapsed().as_secs_f64()
+        ));
+    }
+    let scal = if interrupted() {
+        Vec::new()
+    } else {
+        scaling(o, &ctx, &mut skipped)
+    };
     if let Some(d) = ctx.dpdk.take() {
         drop(d);
         notes.push(

@@ -695,11 +695,13 @@ pub fn svg(o: &Outcome) -> Result<String, String> {
         .filter(|r| r.ratio.is_some())
         .collect();
     let n = rs.len().max(1);
+    // Scaled to the medians (whiskers past the edge are cut there), so one wild
+    // maximum does not squash every bar.
     let xmax = rs
         .iter()
-        .filter_map(|r| r.ratio.map(|s| s.max))
+        .filter_map(|r| r.ratio.map(|s| s.median))
         .fold(1.5f64, f64::max)
-        * 1.1;
+        * 1.3;
     let h = (120 + 22 * n) as u32;
     let mut out = String::new();
     {
@@ -740,13 +742,13 @@ pub fn svg(o: &Outcome) -> Result<String, String> {
             };
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(0.0, y - 0.35), (s.median, y + 0.35)],
+                    [(0.0, y - 0.35), (s.median.min(xmax), y + 0.35)],
                     color.filled(),
                 )))
                 .map_err(|e| e.to_string())?;
             chart
                 .draw_series(std::iter::once(PathElement::new(
-                    vec![(s.min, y), (s.max, y)],
+                    vec![(s.min.min(xmax), y), (s.max.min(xmax), y)],
                     BLACK.stroke_width(1),
                 )))
                 .map_err(|e| e.to_string())?;

@@ -151,8 +151,8 @@ pub struct TestpmdArgs {
     /// Packets per burst (1 to 512).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=512))]
     pub burst: u32,
-    /// Packet size in bytes (32 to 9000: header, sequence number, timestamp, pattern).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(32..=9000))]
+    /// Packet size in bytes (32 to 65536: header, sequence number, timestamp, pattern).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(32..=65536))]
     pub txpkts: u32,
     /// Receive queues (1 to 5; a port has queue pairs: max(rxq, txq) pairs are used).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]

@@ -270,12 +270,7 @@ fn a_peer_that_never_finishes_the_handshake() {
         "--window",
         &fe,
     ];
-    fails(
-        &args,
-        2,
-        "handshake timed out after 1000 ms (waiting for a live backend",
-        &base,
-    );
+    fails(&args, 2, "(waiting for a live backend", &base);
     assert!(!Path::new(&fe).exists(), "{fe} left behind");
 
     // 2. A backend on a window whose creator died (SIGKILL) after writing it.
@@ -284,12 +279,7 @@ fn a_peer_that_never_finishes_the_handshake() {
     write_mode(&dead, &good, 0o600);
     let args = backend(&dead.to_string_lossy());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    fails(
-        &args,
-        2,
-        "handshake timed out after 1000 ms (waiting for a live frontend",
-        &base,
-    );
+    fails(&args, 2, "(waiting for a live frontend", &base);
 
     // 3. A backend whose frontend is alive but stopped (SIGSTOP) before answering.
     let stopped = format!("{base}-stopped");
@@ -324,12 +314,7 @@ fn a_peer_that_never_finishes_the_handshake() {
     unsafe { libc::kill(fpid, libc::SIGSTOP) };
     let args = backend(&stopped);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    fails(
-        &args,
-        2,
-        "handshake timed out after 1000 ms",
-        "-stopped-none",
-    );
+    fails(&args, 2, "handshake timed out after", "-stopped-none");
     drop(fe); // SIGKILL (a stopped process dies of it too) and reap
 }
 

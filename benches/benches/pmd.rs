@@ -27,11 +27,8 @@
 //!
 //! `cargo bench -p zerohop-benches --bench pmd [-- --quick] [-- --secs N]`
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +39,7 @@ use pmd::queue::{PktHandle, PostedLinkLayout, QueuePair, RxPkt, Side, TxSlot};
 use pmd::window::{AccessCounters, Counted, OpenOptions, ShmWindow, Window};
 use rings::posted::PostedLayout;
 use rings::{Mem, Region};
+use zerohop_benches::{CopyBench, Peer};
 
 /// Parent (pinger, sender) on the first core, the peer process on the second.
 const CORES: (usize, usize) = (0, 1);
@@ -53,8 +51,6 @@ const RUN_DEADLINE: Duration = Duration::from_secs(5);
 const META_STOP: u16 = 0x5709;
 /// Round trips per timed batch.
 const BATCH: usize = 1000;
-/// Copies per burst (one sfence per burst on the NT path) in the copy baseline.
-const COPY_BURST: usize = 32;
 /// Cold destination of the copy baseline: larger than this machine's L3.
 const COLD_BYTES: usize = 1 << 30;
 /// Bytes the floor window maps (at least a window header, as `ShmWindow::open` wants).
@@ -700,90 +696,6 @@ impl<J: Job, F: FnOnce()> Job for ReadyThen<J, F> {
 
 // ----------------------------------------------------------------- the parent ----
 
-/// The peer process: killed and reaped on drop unless it exited.
-struct Peer {
-    child: Option<Child>,
-    lines: Receiver<String>,
-}
-
-impl Peer {
-    fn spawn(args: &[String]) -> Result<Peer, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn peer: {e}"))?;
-        let out = child.stdout.take().ok_or("peer stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Ends at the peer's EOF (its exit or kill).
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(l) = line else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Peer {
-            child: Some(child),
-            lines: rx,
-        })
-    }
-
-    /// The next line starting with `prefix` (an `ERROR` line or EOF fails).
-    fn line(&self, prefix: &str, deadline: Instant) -> Result<String, String> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return Ok(l),
-                Ok(l) if l.starts_with("ERROR") => return Err(format!("peer: {l}")),
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!("peer: no {prefix} before the deadline"))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(format!("peer exited before {prefix}"))
-                }
-            }
-        }
-    }
-
-    /// Waits for the peer to exit successfully.
-    fn finish(mut self, deadline: Instant) -> Result<(), String> {
-        let Some(c) = self.child.as_mut() else {
-            return Ok(());
-        };
-        loop {
-            match c.try_wait() {
-                Ok(Some(st)) => {
-                    self.child = None;
-                    return if st.success() {
-                        Ok(())
-                    } else {
-                        Err(format!("peer failed: {st}"))
-                    };
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                Ok(None) => return Err("peer did not exit; killed".into()),
-                Err(e) => return Err(format!("wait peer: {e}")),
-            }
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// A fresh window file name.
 fn window_path(tag: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -953,58 +865,6 @@ fn ring_ping_pong(
     Ok((rep, res, trips))
 }
 
-/// Single-core copies into a cold destination.
-struct CopyBench {
-    dst: Region,
-    src: Vec<u8>,
-    cursor: usize,
-}
-
-impl CopyBench {
-    fn new() -> CopyBench {
-        let dst = Region::heap(COLD_BYTES);
-        for off in (0..COLD_BYTES).step_by(4096) {
-            // Fault every page in now.
-            let _ = dst.write_bytes(off, &[1]);
-        }
-        CopyBench {
-            dst,
-            src: (0..64 * 1024).map(|i| (i * 7 + 3) as u8).collect(),
-            cursor: 0,
-        }
-    }
-
-    /// GB/s copying `total` bytes in `size`-byte copies, bursts of [`COPY_BURST`]
-    /// (NT: CopyEngine streaming every copy, one sfence per burst).
-    fn run(&mut self, size: usize, nt: bool, total: usize) -> Result<f64, String> {
-        let engine = CopyEngine::detect().with_threshold(0);
-        let stride = size.next_multiple_of(64);
-        let src = &self.src[..size.min(self.src.len())];
-        let bursts = (total / (size * COPY_BURST)).max(1);
-        let mut cursor = self.cursor;
-        let t = Instant::now();
-        for _ in 0..bursts {
-            let mut b = engine.burst();
-            for _ in 0..COPY_BURST {
-                if cursor + stride > COLD_BYTES {
-                    cursor = 0;
-                }
-                if nt {
-                    b.copy_to(&self.dst, cursor, src)
-                } else {
-                    self.dst.write_bytes(cursor, src)
-                }
-                .map_err(|e| e.to_string())?;
-                cursor += stride;
-            }
-            b.finish();
-        }
-        let dt = t.elapsed().as_secs_f64();
-        self.cursor = std::hint::black_box(cursor);
-        Ok((bursts * COPY_BURST * src.len()) as f64 / dt / 1e9)
-    }
-}
-
 // ---------------------------------------------------------------------- cases ----
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1113,7 +973,7 @@ fn run_case(c: &Case, cfg: &Cfg, copies: &mut CopyBench) -> Result<Meas, String>
         }
         Case::Copy { size, nt } => {
             let nv = preemptions();
-            let g = copies.run(size, nt, cfg.copy_total)?;
+            let g = copies.copy(size, nt, cfg.copy_total)?;
             let nv = preemptions().saturating_sub(nv);
             if nv > max_preemptions() {
                 return Err(format!("{PREEMPTED} ({nv} involuntary context switches)"));
@@ -1364,7 +1224,7 @@ fn main() {
         "DPDK comparison is not part of this bench (a later issue runs it); BASELINES.md \
          figures are quoted below per placement as reference, not same-run."
     );
-    let mut copies = CopyBench::new();
+    let mut copies = CopyBench::new(COLD_BYTES);
     let all = cases();
     let budget = Instant::now() + Duration::from_secs(secs);
     let mut rounds: Vec<Round> = Vec::new();

@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dataplane::probe::pin;
-use pmd::copy::CopyEngine;
 use pmd::window::{OpenOptions, ShmWindow, Window};
 use rings::{Mem, Region};
 
@@ -126,62 +125,17 @@ pub fn peer_main(lines: u8, path: &str) -> Result<(), String> {
     }
 }
 
-/// Copies per burst (one sfence per burst on the NT path).
-const COPY_BURST: usize = 32;
-
-/// Single-core copies into a cold destination larger than the L3.
-pub struct CopyBench {
-    dst: Region,
-    src: Vec<u8>,
-    cursor: usize,
-    cold: usize,
-}
+/// The copy baseline, run on core 0.
+pub struct CopyBench(zerohop_benches::CopyBench);
 
 impl CopyBench {
     /// Allocates and faults in `cold` bytes of destination.
     pub fn new(cold: usize) -> CopyBench {
-        let dst = Region::heap(cold);
-        for off in (0..cold).step_by(4096) {
-            let _ = dst.write_bytes(off, &[1]);
-        }
-        CopyBench {
-            dst,
-            src: (0..64 * 1024).map(|i| (i * 7 + 3) as u8).collect(),
-            cursor: 0,
-            cold,
-        }
+        CopyBench(zerohop_benches::CopyBench::new(cold))
     }
 
     /// GB/s copying about `total` bytes in `size`-byte copies on core 0.
     pub fn run(&mut self, size: usize, nt: bool, total: usize) -> Result<f64, String> {
-        on_core(0, || self.copy(size, nt, total))
-    }
-
-    fn copy(&mut self, size: usize, nt: bool, total: usize) -> Result<f64, String> {
-        let engine = CopyEngine::detect().with_threshold(0);
-        let stride = size.next_multiple_of(64);
-        let src = &self.src[..size.min(self.src.len())];
-        let bursts = (total / (size * COPY_BURST)).max(1);
-        let mut cursor = self.cursor;
-        let t = Instant::now();
-        for _ in 0..bursts {
-            let mut b = engine.burst();
-            for _ in 0..COPY_BURST {
-                if cursor + stride > self.cold {
-                    cursor = 0;
-                }
-                if nt {
-                    b.copy_to(&self.dst, cursor, src)
-                } else {
-                    self.dst.write_bytes(cursor, src)
-                }
-                .map_err(|e| e.to_string())?;
-                cursor += stride;
-            }
-            b.finish();
-        }
-        let dt = t.elapsed().as_secs_f64();
-        self.cursor = std::hint::black_box(cursor);
-        Ok((bursts * COPY_BURST * src.len()) as f64 / dt / 1e9)
+        on_core(0, || self.0.copy(size, nt, total))
     }
 }

@@ -235,6 +235,21 @@ pub(crate) fn check_broken<T: core::fmt::Debug>(
     }
 }
 
+std::thread_local! {
+    static PROGRESS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// Counts one successful consume (a chain popped, a used buffer or message polled,
+/// a credit taken, a header opened): the seed tests check their scenarios get that far.
+pub(crate) fn progress() {
+    PROGRESS.with(|p| p.set(p.get() + 1));
+}
+
+/// Successful consumes so far on this thread.
+pub fn progress_count() -> u64 {
+    PROGRESS.with(|p| p.get())
+}
+
 /// Snapshot of `len` bytes at `off` of `mem` (for "wrote only its own part").
 pub(crate) fn snapshot<M: crate::Mem>(mem: &M, off: usize, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];

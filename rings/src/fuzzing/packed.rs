@@ -205,6 +205,7 @@ pub fn run_device(data: &[u8]) {
                     check_chain(&c, &bufs, n, DATA_LEN);
                     assert!(c.slots >= 1 && c.slots <= n, "chain of {} slots", c.slots);
                     popped.push((c.id, c.slots));
+                    crate::fuzzing::progress();
                 }
             }
             DeviceOp::PushUsed { k, len, slots } => {
@@ -336,6 +337,7 @@ pub fn run_driver(data: &[u8]) {
                     };
                     assert!(u64::from(u.len) <= w, "used len {} > writable {w}", u.len);
                     order.retain(|&h| h != u.id);
+                    crate::fuzzing::progress();
                 }
             }
             DriverOp::Reset {} => {

@@ -126,6 +126,7 @@ pub fn run_rx(data: &[u8]) {
                 if let Ok(got) = r {
                     assert!(got <= max);
                     for m in &out[..got] {
+                        crate::fuzzing::progress();
                         check_msg(m, &layout);
                         if let RxKind::Buffer { index, .. } = m.kind {
                             assert!(!rx.is_credited(index), "delivered buffer still credited");
@@ -151,7 +152,10 @@ pub fn run_rx(data: &[u8]) {
                 let _ = rx.grant(&[idx]);
             }
             RxOp::InitCredits {} => {
-                let _ = rx.init_credits();
+                // Grants every buffer not credited, including the ones we hold.
+                if rx.init_credits().is_ok() {
+                    held.clear();
+                }
             }
             RxOp::Reset {} => {
                 rx_op = false;
@@ -335,6 +339,7 @@ pub fn run_tx(data: &[u8]) {
                         b.index()
                     );
                     bufs.push(b);
+                    crate::fuzzing::progress();
                 }
             }
             TxOp::Enqueue { k, len, meta } => {
@@ -353,7 +358,9 @@ pub fn run_tx(data: &[u8]) {
                 let _ = tx.enqueue_inline(&payload.0, meta);
             }
             TxOp::Send { payload, meta } => {
-                let _ = tx.send(&payload.0, meta);
+                if let Ok(true) = tx.send(&payload.0, meta) {
+                    crate::fuzzing::progress();
+                }
             }
             TxOp::Publish {} => {
                 if let Ok(k) = tx.publish() {

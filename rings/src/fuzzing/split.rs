@@ -160,6 +160,7 @@ pub fn run_device(data: &[u8]) {
                 if let Ok(Some(c)) = r {
                     check_chain(&c, &bufs, n, DATA_LEN);
                     popped.push(c.id);
+                    crate::fuzzing::progress();
                 }
             }
             DeviceOp::PushUsed { k, len } => {
@@ -320,6 +321,7 @@ pub fn run_driver(data: &[u8]) {
                     };
                     assert!(u64::from(u.len) <= w, "used len {} > writable {w}", u.len);
                     order.retain(|&h| h != u.id);
+                    crate::fuzzing::progress();
                 }
             }
             DriverOp::Reset {} => {

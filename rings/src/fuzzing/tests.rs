@@ -239,6 +239,8 @@ fn split_driver_seeds(v: &mut Seeds) {
         },
         O::NeedsNotify {},
         O::SetUsedNotification { enable: false },
+        O::PeerComplete { k: 0, len: 3 },
+        O::PollUsed {},
     ];
     v.push((t, "event_idx", encode(&cfg(2, 2), &ev)));
 }
@@ -487,6 +489,8 @@ fn packed_driver_seeds(v: &mut Seeds) {
             off: 0,
             wrap: false,
         },
+        done(0),
+        O::PollUsed {},
     ];
     v.push((t, "event_suppression", encode(&cfg(2, 2), &ev)));
 }
@@ -558,6 +562,7 @@ fn posted_rx_seeds(v: &mut Seeds) {
     let twice = vec![
         O::InitCredits {},
         send(false, 10, 0),
+        O::Poll { max: 0 },
         send(false, 10, 0),
         O::Poll { max: 3 },
     ];
@@ -565,9 +570,13 @@ fn posted_rx_seeds(v: &mut Seeds) {
     let full = vec![
         send(true, 1, 0),
         send(true, 1, 0),
+        O::Poll { max: 7 },
         send(true, 1, 0),
         O::Poll { max: 7 },
         O::Release { n: 5 },
+        O::Release { n: 2 },
+        O::Complete {},
+        O::Poll { max: 7 },
         O::PeerSetPos { pos: u32::MAX },
         send(true, 1, 0),
         O::Poll { max: 7 },
@@ -628,6 +637,7 @@ fn posted_tx_seeds(v: &mut Seeds) {
         O::Reset {},
         O::PeerGrant { index: 0 },
         O::PollCredits {},
+        O::Alloc {},
     ];
     v.push((t, "bad_credit_then_reset", encode(&cfg(2, 4), &bad)));
     let dup = vec![
@@ -721,6 +731,7 @@ fn window_seeds(v: &mut Seeds) {
             &Config { extra: 0 },
             &[
                 O::Init { areas: 2, flags: 0 },
+                open.clone(),
                 O::PokeU64 { off: 72, val: 16 },
                 open.clone(),
                 O::Init { areas: 2, flags: 0 },
@@ -780,8 +791,28 @@ fn window_seeds(v: &mut Seeds) {
 #[test]
 fn seeds_run_clean() {
     for (t, name, bytes) in seeds() {
-        eprintln!("{t}/{name}");
+        let before = progress_count();
         target(t)(&bytes);
+        // Every scenario gets at least one thing through before (or instead of)
+        // its hostile step, except the ones that are hostile from the first op.
+        let hostile_only = matches!(
+            name,
+            "index_jump"
+                | "buffer_out_of_range"
+                | "unknown_flags"
+                | "inline_too_long"
+                | "bad_magic"
+                | "window_size_rewritten"
+                | "consumed_jump"
+                | "duplicate_credit"
+                | "used_len_too_large"
+        );
+        if !hostile_only {
+            assert!(
+                progress_count() > before,
+                "{t}/{name}: the scenario consumed nothing"
+            );
+        }
     }
 }
 

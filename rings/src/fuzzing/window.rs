@@ -91,6 +91,7 @@ pub fn run(data: &[u8]) {
                 };
                 if let Ok(info) = Header::open(&mem, &expect) {
                     check_header(&info, mapping as u64, larger);
+                    crate::fuzzing::progress();
                 }
             }
             Op::PublishBackend {
@@ -131,6 +132,7 @@ pub fn run(data: &[u8]) {
             Op::ReadOffer {} => {
                 if let Ok(Some(o)) = ctl.read_offer(&mem) {
                     assert!(o.queues().len() <= MAX_QUEUE_PAIRS);
+                    crate::fuzzing::progress();
                     let mode = o.backend.ring_mode;
                     for (i, q) in o.queues().iter().enumerate() {
                         check_queue_size(i as u32, q.tx_size, mode).expect("validated size");

@@ -37,8 +37,11 @@ mod tests;
 /// Upper bound on the operations one input runs (keeps one run short).
 pub const MAX_OPS: usize = 2048;
 
+/// A target's entry point: runs one fuzz input.
+pub type Target = fn(&[u8]);
+
 /// Every target: its corpus directory name and its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("split_device", split::run_device),
     ("split_driver", split::run_driver),
     ("packed_device", packed::run_device),

@@ -22,6 +22,9 @@
 pub mod chain;
 pub mod control;
 pub mod error;
+#[cfg(any(all(test, not(loom)), feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod header;
 pub mod mem;
 pub mod packed;

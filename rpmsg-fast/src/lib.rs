@@ -33,6 +33,9 @@ pub mod bench;
 pub mod bus;
 pub mod config;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link;
 pub mod wire;
 

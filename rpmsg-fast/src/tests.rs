@@ -269,7 +269,11 @@ fn send_burst_small_and_large_every_mode() {
                 sent += h.send_burst(he, 77, &views[sent..]).unwrap();
                 r.poll().unwrap();
                 while let Some(m) = r.try_recv(re).unwrap() {
-                    assert_eq!((m.src(), r.payload(&m)), (1024, &msgs[got][..]), "{mode:?} {len}");
+                    assert_eq!(
+                        (m.src(), r.payload(&m)),
+                        (1024, &msgs[got][..]),
+                        "{mode:?} {len}"
+                    );
                     r.release(m).unwrap();
                     got += 1;
                 }

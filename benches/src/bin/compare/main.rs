@@ -34,7 +34,7 @@ mod zerohop;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dataplane::probe::placement_probe;
 use stats::{Sample, VOID_RETRIES};
@@ -515,6 +515,7 @@ fn run(o: &Opts) -> Outcome {
     install_signals();
     let t0 = Instant::now();
     let load_before = report::loadavg();
+    let cpu_busy_before = report::cpu_busy(Duration::from_secs(1));
     let mut skipped = Vec::new();
     let mut notes = Vec::new();
     let on = |s: &str| o.only.iter().any(|x| x == s);
@@ -621,6 +622,7 @@ fn run(o: &Opts) -> Outcome {
     }
     let mut machine = report::Machine::detect();
     machine.load_before = load_before;
+    machine.cpu_busy_before = cpu_busy_before;
     machine.load_after = report::loadavg();
     Outcome {
         command: o.command.clone(),

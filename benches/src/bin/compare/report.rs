@@ -34,8 +34,41 @@ pub struct Machine {
     pub date: String,
     /// 1-minute load average at the start of the run.
     pub load_before: f64,
-    /// 1-minute load average at the end (set by the run).
+    /// 1-minute load average at the end (set by the run; includes the run's own two
+    /// pinned processes, so it is information only).
     pub load_after: f64,
+    /// Fraction of all CPU time (0 to 1) other processes used during one second
+    /// sampled from /proc/stat just before the run: what decides "busy".
+    pub cpu_busy_before: f64,
+}
+
+/// Fraction (0 to 1) of all CPUs' time spent not idle over `sample`, from the
+/// aggregate `cpu` line of /proc/stat; NaN if unreadable.
+pub fn cpu_busy(sample: std::time::Duration) -> f64 {
+    fn snap() -> Option<(u64, u64)> {
+        let s = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = s.lines().next()?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+        Some((v.iter().take(8).sum(), idle))
+    }
+    let Some((t0, i0)) = snap() else {
+        return f64::NAN;
+    };
+    std::thread::sleep(sample);
+    let Some((t1, i1)) = snap() else {
+        return f64::NAN;
+    };
+    let total = t1.saturating_sub(t0);
+    if total == 0 {
+        return f64::NAN;
+    }
+    1.0 - i1.saturating_sub(i0) as f64 / total as f64
 }
 
 /// The 1-minute load average (/proc/loadavg), NaN if unreadable.
@@ -85,6 +118,7 @@ impl Machine {
             date,
             load_before: loadavg(),
             load_after: f64::NAN,
+            cpu_busy_before: f64::NAN,
         }
     }
 }
@@ -395,10 +429,12 @@ pub fn markdown(o: &Outcome, svg_rel: Option<&str>) -> String {
         o.machine.cpu, o.machine.cores, o.machine.mem_gib, o.machine.kernel
     );
     let _ = writeln!(m, "- Date: {}", o.machine.date);
-    let busy = o.machine.load_before.max(o.machine.load_after) > 0.5 * o.machine.cores as f64;
+    // More than a quarter of the machine in use by others just before the run.
+    let busy = o.machine.cpu_busy_before > 0.25;
     let _ = writeln!(
         m,
-        "- Load average (1 min) at start / end: {:.2} / {:.2}{}",
+        "- CPU in use by other processes in the second before the run: {:.0}%; load average (1 min) at start / end: {:.2} / {:.2} (the end value includes this run's own two pinned processes){}",
+        o.machine.cpu_busy_before * 100.0,
         o.machine.load_before,
         o.machine.load_after,
         if busy {
@@ -852,6 +888,7 @@ mod tests {
                 date: "today".into(),
                 load_before: 0.1,
                 load_after: 0.1,
+                cpu_busy_before: 0.01,
             },
             repeats: 2,
             quick: true,

@@ -475,6 +475,27 @@ fn returns_ring(n: u32) -> Result<(Arc<IndexRing>, Box<[u32]>), QueueError> {
     Ok((ring, vec![0u32; cap].into_boxed_slice()))
 }
 
+/// The notification methods of [`QueuePair`], the same in both roles: `rx` is the
+/// half this side receives on (driver half of the RX ring for the frontend, device
+/// half of the TX ring for the backend).
+macro_rules! notify_methods {
+    () => {
+        fn enable_rx_notify(&mut self) -> Result<bool, QueueError> {
+            self.check_broken()?;
+            let r = self.rx.set_notify(true);
+            ring_err(&mut self.broken, &mut self.stats, r)
+        }
+        fn disable_rx_notify(&mut self) -> Result<(), QueueError> {
+            self.check_broken()?;
+            let r = self.rx.set_notify(false);
+            ring_err(&mut self.broken, &mut self.stats, r).map(drop)
+        }
+        fn set_peer_doorbell(&mut self, db: PeerDoorbell) {
+            self.peer_db = db;
+        }
+    };
+}
+
 // ------------------------------------------------------------------- frontend ----
 
 /// The frontend (driver side) of one split or packed queue pair; see the
@@ -740,19 +761,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioFrontend<K, M, C> {
 }
 
 impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioFrontend<K, M, C> {
-    fn enable_rx_notify(&mut self) -> Result<bool, QueueError> {
-        self.check_broken()?;
-        let r = self.rx.set_notify(true);
-        ring_err(&mut self.broken, &mut self.stats, r)
-    }
-    fn disable_rx_notify(&mut self) -> Result<(), QueueError> {
-        self.check_broken()?;
-        let r = self.rx.set_notify(false);
-        ring_err(&mut self.broken, &mut self.stats, r).map(drop)
-    }
-    fn set_peer_doorbell(&mut self, db: PeerDoorbell) {
-        self.peer_db = db;
-    }
+    notify_methods!();
     fn rx_burst(&mut self, out: &mut [RxPkt]) -> Result<usize, QueueError> {
         self.check_broken()?;
         self.drain_returns();
@@ -1214,19 +1223,7 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
 }
 
 impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K, M, C> {
-    fn enable_rx_notify(&mut self) -> Result<bool, QueueError> {
-        self.check_broken()?;
-        let r = self.rx.set_notify(true);
-        ring_err(&mut self.broken, &mut self.stats, r)
-    }
-    fn disable_rx_notify(&mut self) -> Result<(), QueueError> {
-        self.check_broken()?;
-        let r = self.rx.set_notify(false);
-        ring_err(&mut self.broken, &mut self.stats, r).map(drop)
-    }
-    fn set_peer_doorbell(&mut self, db: PeerDoorbell) {
-        self.peer_db = db;
-    }
+    notify_methods!();
     fn rx_burst(&mut self, out: &mut [RxPkt]) -> Result<usize, QueueError> {
         self.check_broken()?;
         self.drain_returns()?;

@@ -1040,7 +1040,8 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
         self.geo.header.len()
     }
 
-    /// Attaches to the rings the frontend initialised (writes nothing).
+    /// Attaches to the rings the frontend initialised; the one store it makes there turns
+    /// off available-buffer notifications (this side polls).
     pub fn new(
         areas: VirtioAreas<M>,
         geo: VirtioGeometry,

@@ -825,6 +825,8 @@ impl QueueHandle {
         // Arc drop orders this add before that check).
         self.rxs().outstanding.fetch_add(n, Ordering::Relaxed);
         let mut bytes = 0u64;
+        out.reserve(n);
+        let (shared, epoch, queue) = (self.rx, self.epoch, self.queue);
         for i in 0..n {
             let p = self.pkts[i];
             match self.qp.rx_ptr(&p) {
@@ -832,12 +834,12 @@ impl QueueHandle {
                     bytes += p.len as u64;
                     out.push(RxMbuf {
                         ptr,
-                        shared: self.rx,
+                        shared,
                         handle: p.handle,
                         len: p.len,
-                        epoch: self.epoch,
+                        epoch,
                         meta: p.meta,
-                        queue: self.queue,
+                        queue,
                     });
                 }
                 Err(e) => {

@@ -66,6 +66,10 @@ pub trait Mem {
     /// [`Mem::note_read`] / [`Mem::note_write`].
     fn range_ptr(&self, off: usize, len: usize) -> Result<NonNull<u8>, MemError>;
 
+    /// Hint: the line holding `off` will be read soon. Never faults, never fails.
+    #[inline(always)]
+    fn prefetch(&self, _off: usize) {}
+
     /// Instrumentation hook: `bytes` were read through a pointer from `range_ptr`.
     #[inline(always)]
     fn note_read(&self, _bytes: usize) {}
@@ -288,6 +292,22 @@ impl Mem for Region {
     fn range_ptr(&self, off: usize, len: usize) -> Result<NonNull<u8>, MemError> {
         self.check(off, len, 1)
     }
+
+    #[inline(always)]
+    fn prefetch(&self, off: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if off < self.len {
+            // SAFETY: `off < len`, so the address is inside the region; a prefetch
+            // is a hint that never faults and changes no memory.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    self.ptr.as_ptr().add(off).cast(),
+                )
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = off;
+    }
 }
 
 /// A [`Mem`] backed by loom atomics, so the real ring code runs under loom's model
@@ -448,6 +468,17 @@ mod tests {
         for off in (0..256).step_by(8) {
             assert_eq!(r.load_u64(off, Ordering::Relaxed).unwrap(), 0);
         }
+    }
+
+    #[test]
+    fn prefetch_is_a_hint_anywhere() {
+        let r = Region::heap(128);
+        r.store_u32(64, 7, Ordering::Relaxed).unwrap();
+        // Inside, at the last byte, past the end and far past it: no fault, no change.
+        for off in [0, 64, 127, 128, usize::MAX] {
+            r.prefetch(off);
+        }
+        assert_eq!(r.load_u32(64, Ordering::Relaxed).unwrap(), 7);
     }
 
     #[test]

@@ -245,6 +245,13 @@ macro_rules! delegate_mem {
                 self.$inner.range_ptr(off, len)
             }
             #[inline(always)]
+            fn prefetch(&self, off: usize) {
+                // Across a link a prefetch would be a read: count it as one (the
+                // fast path never prefetches remote memory; the counts prove it).
+                self.$inner.prefetch(off);
+                self.on_ok_access(AccessDir::Read, 1);
+            }
+            #[inline(always)]
             fn note_read(&self, bytes: usize) {
                 self.$inner.note_read(bytes);
                 self.on_ok_access(AccessDir::Read, bytes);

@@ -2,10 +2,15 @@
 //! its consumer position into A's memory.
 
 use super::{
-    check_size, credit_entry, Bits, PostedLayout, RxKind, RxMsg, SlotHeader, FLAGS_KNOWN,
-    FLAG_INLINE, OFF_BUF, OFF_FLAGS, OFF_LEN,
+    check_size, credit_entry, Bits, PostedLayout, RxKind, RxMsg, SlotHeader, CACHE_LINE,
+    FLAGS_KNOWN, FLAG_INLINE, OFF_BUF, OFF_FLAGS, OFF_LEN,
 };
 use crate::error::RingError;
+
+/// Slots [`PostedRx::poll`] keeps prefetched ahead of the one it reads. Two lines per
+/// slot of the PMD's 128-byte slots: 8 slots stay within the L1 fill buffers (16 on
+/// recent x86 cores); more makes the prefetches themselves stall.
+const PREFETCH_SLOTS: u32 = 16;
 use crate::mem::Mem;
 use crate::sync::{fence, Ordering};
 
@@ -136,6 +141,9 @@ impl<L: Mem, R: Mem> PostedRx<L, R> {
     pub fn poll(&mut self, out: &mut [RxMsg]) -> Result<usize, RingError> {
         self.guarded(|s| {
             let slots = s.layout.slots();
+            // Slots this call may look at, and how many of them were prefetched.
+            let max = (out.len() as u32).min(slots - s.cursor.wrapping_sub(s.released));
+            let mut fetched = 0u32;
             let mut n = 0;
             while n < out.len() && s.cursor.wrapping_sub(s.released) < slots {
                 let p = s.cursor;
@@ -146,6 +154,15 @@ impl<L: Mem, R: Mem> PostedRx<L, R> {
                 let seq = s.local.load_u32(off, Ordering::Acquire)?;
                 if seq != p.wrapping_add(1) {
                     break;
+                }
+                // The sender is publishing: keep the lines of the next PREFETCH_SLOTS
+                // slots on their way, so their misses overlap instead of following one
+                // another. Local lines only, and only once a slot was ready (an idle
+                // ring is never prefetched, so the sender is not raced for lines it
+                // is about to write).
+                while fetched < max && fetched <= n as u32 + PREFETCH_SLOTS {
+                    s.prefetch_slot(p.wrapping_add(fetched - n as u32));
+                    fetched += 1;
                 }
                 // One fetch of the rest of the header (same access sizes as the
                 // writer's); validate the copy, then use only the copy.
@@ -170,6 +187,16 @@ impl<L: Mem, R: Mem> PostedRx<L, R> {
             s.received += n as u64;
             Ok(n)
         })
+    }
+
+    /// Prefetches every line of the slot at position `p` (its later lines hold the
+    /// inline payload the caller reads next).
+    #[inline(always)]
+    fn prefetch_slot(&self, p: u32) {
+        let off = self.layout.slot_off(p & self.mask);
+        for line in (0..self.layout.slot_size() as usize).step_by(CACHE_LINE as usize) {
+            self.local.prefetch(off + line);
+        }
     }
 
     /// Validates one fetched header; takes the buffer back from A's credits.
@@ -215,6 +242,8 @@ impl<L: Mem, R: Mem> PostedRx<L, R> {
         }
         self.credited.set(index, false);
         self.credited_count -= 1;
+        // The caller's next step is usually a look at the packet's first bytes.
+        self.local.prefetch(self.layout.buf_off(index));
         Ok(RxMsg {
             kind: RxKind::Buffer {
                 index,

@@ -913,9 +913,9 @@ fn assemble(
     let kind = a.forward_mode.gen_kind();
     let mut hist = pkt::new_histogram();
     let gen_queues: Vec<QueueReport> = gens
-        .iter()
-        .map(|g| {
-            let _ = hist.add(&g.checker.hist);
+        .into_iter()
+        .map(|mut g| {
+            let _ = hist.add(g.checker.histogram());
             if error.is_none() {
                 error = g.error.clone();
             }
@@ -1210,7 +1210,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
             }
             dataplane::lcore::Work::Idle
         });
-        let c = &f.checker;
+        let c = &mut f.checker;
         // Relaxed: a progress count the main thread polls; join orders the rest.
         fin2.fetch_add(1, Ordering::Relaxed);
         (
@@ -1226,7 +1226,7 @@ fn forwarder(a: &TestpmdArgs) -> Result<PeerReport, String> {
                 drops: f.drops,
                 errors,
             },
-            c.hist.clone(),
+            c.histogram().clone(),
             first_err,
             viol,
         )

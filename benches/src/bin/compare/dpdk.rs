@@ -28,6 +28,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use crate::zerohop::RING_SIZE;
+
 const NR_HUGE: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
 const WANT_HUGE: u64 = 512;
 const HUGE_DIR: &str = "/dev/hugepages";
@@ -164,6 +166,8 @@ struct Testpmd {
 
 impl Testpmd {
     fn spawn(bin: &Path, eal: &[String]) -> Result<Testpmd, String> {
+        let rxd = format!("--rxd={RING_SIZE}");
+        let txd = format!("--txd={RING_SIZE}");
         // stdbuf -oL: testpmd's stdout is a pipe here, which stdio would buffer in
         // 4 KiB blocks (the prompt's answers would never arrive); stdbuf execs testpmd
         // in place, so the PID is testpmd's.
@@ -178,6 +182,8 @@ impl Testpmd {
                 "--rxq=1",
                 "--txq=1",
                 "--burst=32",
+                &rxd,
+                &txd,
                 "--total-num-mbufs=16384",
                 "--no-lsc-interrupt",
             ])
@@ -346,7 +352,7 @@ impl Session {
             ]
         };
         let setup = format!(
-            "{}; {} (split ring, 1 queue, mbufs 16384, vhost fwd lcore on CPU 1, virtio fwd lcore on CPU 0)",
+            "{}; {} (split ring, 1 queue of {RING_SIZE} entries, mbufs 16384, vhost fwd lcore on CPU 1, virtio fwd lcore on CPU 0)",
             bin.display(),
             huge.describe()
         );
@@ -375,7 +381,10 @@ impl Session {
             &eal(
                 "0@1,1@0",
                 &prefixes[1],
-                format!("net_virtio_user0,path={},queues=1", sock.display()),
+                format!(
+                    "net_virtio_user0,path={},queues=1,queue_size={RING_SIZE}",
+                    sock.display()
+                ),
             ),
         );
         let vu = vu.and_then(|v| v.wait_for("Done", Duration::from_secs(20)).map(|_| v));

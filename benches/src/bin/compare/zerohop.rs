@@ -21,6 +21,10 @@ use serde_json::Value;
 
 /// Ring modes, in the order they run.
 pub const RINGS: [&str; 3] = ["posted", "split", "packed"];
+/// Ring entries on both sides of every comparison: zerohop `--rxd/--txd`, DPDK
+/// virtio-user `queue_size` and testpmd `--rxd/--txd`. (With 256, a burst of 256 is
+/// the whole ring and each side waits for the other to drain it.)
+pub const RING_SIZE: usize = 1024;
 
 /// Finds (building it if needed) the `zerohop` binary of the same profile as this one.
 pub fn locate() -> Result<PathBuf, String> {
@@ -97,6 +101,12 @@ pub fn run(
             .args(["testpmd", "--json", "-l", "0,1"])
             .args(["--ring", ring, "--forward-mode", mode])
             .args(["--burst", &burst.to_string()])
+            .args([
+                "--rxd",
+                &RING_SIZE.to_string(),
+                "--txd",
+                &RING_SIZE.to_string(),
+            ])
             .args(["--txpkts", &size.to_string()])
             .args(["--duration", &secs.to_string()]),
         Duration::from_secs_f64(secs + 30.0),

@@ -164,7 +164,7 @@ pub fn run(
             if room > 0 {
                 let now = pkt::ticks();
                 let mut refs: [&[u8]; 64] = [&[]; 64];
-                let n = room.min(64);
+                let n = room.min(pkt::per_call(cfg.size));
                 for (j, b) in bufs[..n].iter_mut().enumerate() {
                     pkt::stamp(b, 0, res.sent + j as u64, now);
                 }

@@ -52,6 +52,19 @@ pub fn calibrate() -> f64 {
     ns / dt
 }
 
+/// Source bytes one `tx_burst` call of generated packets may span: the stamped
+/// packets of a call are distinct buffers, and a burst of 32 x 64 KiB (2 MiB) would
+/// copy from beyond this core's L2 while 256 KiB stays in it. Larger bursts of large
+/// packets go out in several calls (each its own publish, negligible next to copying
+/// 64 KiB); DPDK's txonly has no payload source at all.
+const SOURCE_BYTES: usize = 256 << 10;
+
+/// Packets of `size` bytes to hand to one `tx_burst` call: at most 64 (the callers'
+/// reference arrays) and at most [`SOURCE_BYTES`] of source, at least one.
+pub fn per_call(size: usize) -> usize {
+    (SOURCE_BYTES / size.max(1)).clamp(1, 64)
+}
+
 /// A fresh latency histogram (1 ns .. 60 s, 3 significant digits).
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds")
@@ -128,7 +141,7 @@ pub struct Checker {
     pub next: u64,
     /// Latency (ns) from the stamp to the check, without the pending run below.
     hist: Histogram<u64>,
-    /// A run of equal latencies not yet recorded: (ns, count). Packets of one burst
+    /// A run of equal latencies not yet recorded: (ticks, count). Packets of one burst
     /// carry one stamp and are checked at one `now` (the TSC ticks in 10 ns steps
     /// here), so one `record_n` per run replaces one `record` per packet, exactly.
     run: (u64, u64),
@@ -178,22 +191,23 @@ impl Checker {
         } else {
             self.next = seq + 1;
         }
-        let ns = (now.wrapping_sub(ts) as f64 * self.ns_per_tick) as u64;
-        // A stamp from the future (clock skew) or beyond the bound is clamped.
-        let ns = ns.clamp(1, 60_000_000_000);
-        if ns == self.run.0 {
+        let ticks = now.wrapping_sub(ts);
+        if ticks == self.run.0 && self.run.1 > 0 {
             self.run.1 += 1;
         } else {
             self.flush_run();
-            self.run = (ns, 1);
+            self.run = (ticks, 1);
         }
     }
 
     /// Records the pending run of equal latencies.
     fn flush_run(&mut self) {
-        let (ns, count) = std::mem::take(&mut self.run);
+        let (ticks, count) = std::mem::take(&mut self.run);
         if count > 0 {
-            self.hist.saturating_record_n(ns, count);
+            let ns = (ticks as f64 * self.ns_per_tick) as u64;
+            // A stamp from the future (clock skew) or beyond the bound is clamped.
+            self.hist
+                .saturating_record_n(ns.clamp(1, 60_000_000_000), count);
         }
     }
 

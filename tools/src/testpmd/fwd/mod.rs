@@ -284,8 +284,8 @@ pub fn generate_burst(
     let mut moved = Moved::default();
     let mut start = 0;
     while start < n {
-        let k = (n - start).min(64);
-        for (j, b) in ctx.scratch[start..start + k].iter_mut().enumerate() {
+        let k = (n - start).min(pkt::per_call(ctx.size));
+        for (j, b) in ctx.scratch[..k].iter_mut().enumerate() {
             let seq = ctx.seq + (start + j) as u64;
             pkt::stamp(b, flow_of(seq), seq, now);
             if flow_of(seq) != 0 {
@@ -296,7 +296,7 @@ pub fn generate_burst(
         }
         let sent = {
             let mut refs: [&[u8]; 64] = [&[]; 64];
-            for (s, b) in refs.iter_mut().zip(&ctx.scratch[start..start + k]) {
+            for (s, b) in refs.iter_mut().zip(&ctx.scratch[..k]) {
                 *s = b.as_slice();
             }
             q.tx_burst(&refs[..k])?

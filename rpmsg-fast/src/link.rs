@@ -174,6 +174,10 @@ impl QueuePair for LinkQueue {
         each!(self, q => QueuePair::rx_ptr(q, pkt))
     }
     #[inline]
+    fn rx_area(&self) -> Result<pmd::queue::RxArea, QueueError> {
+        each!(self, q => QueuePair::rx_area(q))
+    }
+    #[inline]
     fn free(&mut self, pkts: &[PktHandle]) -> Result<(), QueueError> {
         each!(self, q => QueuePair::free(q, pkts))
     }

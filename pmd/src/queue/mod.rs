@@ -41,7 +41,7 @@ mod tests;
 mod virtio_tests;
 
 pub use layout::{PostedLinkLayout, Side, SideAreas};
-pub use posted::{PktHandle, PktReturner, PostedQueuePair, QueueStats, RxPkt, TxSlot};
+pub use posted::{PktHandle, PktReturner, PostedQueuePair, QueueStats, RxArea, RxPkt, TxSlot};
 pub use virtio::{Packed, PktHeader, RingMode, Split, VirtioAreas, VirtioBackend, VirtioFrontend};
 pub use virtio_layout::VirtioLinkLayout;
 
@@ -174,6 +174,9 @@ pub trait QueuePair: Send {
     /// Pointer to the first byte of a received packet (valid until it is freed). The
     /// bytes live in memory the peer can write: copy values out before validating them.
     fn rx_ptr(&self, pkt: &RxPkt) -> Result<core::ptr::NonNull<u8>, QueueError>;
+    /// The memory received packets live in, to turn a burst of them into pointers
+    /// without a call per packet ([`RxArea::ptr`]).
+    fn rx_area(&self) -> Result<RxArea, QueueError>;
     /// Gives received packets back (from the queue's own lcore).
     fn free(&mut self, pkts: &[PktHandle]) -> Result<(), QueueError>;
     /// A handle for freeing received packets from any thread.
@@ -227,6 +230,9 @@ where
     }
     fn rx_ptr(&self, pkt: &RxPkt) -> Result<core::ptr::NonNull<u8>, QueueError> {
         Ok(self.rx_mem().range_ptr(pkt.off, pkt.len as usize)?)
+    }
+    fn rx_area(&self) -> Result<RxArea, QueueError> {
+        Ok(RxArea::of(self.rx_mem())?)
     }
     fn free(&mut self, pkts: &[PktHandle]) -> Result<(), QueueError> {
         PostedQueuePair::free(self, pkts)

@@ -94,6 +94,38 @@ pub struct RxPkt {
     pub meta: u16,
 }
 
+/// The memory a queue's received packets live in: turns many [`RxPkt`]s into
+/// pointers with no call per packet (see `QueuePair::rx_area`). Valid as long as the
+/// queue pair that handed it out.
+#[derive(Clone, Copy, Debug)]
+pub struct RxArea {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+impl RxArea {
+    /// The area of a whole [`Mem`].
+    pub fn of<M: Mem>(m: &M) -> Result<RxArea, rings::MemError> {
+        Ok(RxArea {
+            base: m.range_ptr(0, m.size())?,
+            len: m.size(),
+        })
+    }
+
+    /// Pointer to `pkt`'s first byte; `None` if `pkt` does not lie inside the area
+    /// (never for a packet this queue's `rx_burst` returned).
+    #[inline(always)]
+    pub fn ptr(&self, pkt: &RxPkt) -> Option<NonNull<u8>> {
+        let end = pkt.off.checked_add(pkt.len as usize)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `off <= end <= len`, and `base..base + len` is one mapped range
+        // (from `range_ptr(0, size)`), so the result is inside it or one past its end.
+        Some(unsafe { self.base.add(pkt.off) })
+    }
+}
+
 /// A credited buffer in the peer's memory, handed out by
 /// [`PostedQueuePair::alloc_tx`] for a zero-copy send.
 ///

@@ -70,7 +70,7 @@ use rings::{BufDesc, ChainInfo, Mem, RingError};
 
 use super::{
     ring_doorbell, Bits, CopyFn, PeerDoorbell, PktHandle, PktReturner, PlainCopy, QueueError,
-    QueuePair, QueueStats, RxPkt, TxSlot, DEFAULT_BURST, MAX_BURST,
+    QueuePair, QueueStats, RxArea, RxPkt, TxSlot, DEFAULT_BURST, MAX_BURST,
 };
 
 /// Bytes of the per-buffer packet header (meta + reserved).
@@ -824,6 +824,10 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioFrontend<
         Ok(self.rx.data().range_ptr(pkt.off, pkt.len as usize)?)
     }
 
+    fn rx_area(&self) -> Result<RxArea, QueueError> {
+        Ok(RxArea::of(self.rx.data())?)
+    }
+
     fn free(&mut self, pkts: &[PktHandle]) -> Result<(), QueueError> {
         self.check_broken()?;
         let mut bad = None;
@@ -1273,6 +1277,10 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn + Send> QueuePair for VirtioBackend<K
 
     fn rx_ptr(&self, pkt: &RxPkt) -> Result<NonNull<u8>, QueueError> {
         Ok(self.rx.data().range_ptr(pkt.off, pkt.len as usize)?)
+    }
+
+    fn rx_area(&self) -> Result<RxArea, QueueError> {
+        Ok(RxArea::of(self.rx.data())?)
     }
 
     fn free(&mut self, pkts: &[PktHandle]) -> Result<(), QueueError> {

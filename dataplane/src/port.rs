@@ -55,8 +55,12 @@
 //! per-queue state ([`RxShared`], which also keeps the window mapped) lives in a
 //! `Box` owned by [`QueueShared`], and the invariant that makes the pointer sound is:
 //! **`RxShared` is freed only when no `RxMbuf` of its queue is out.** Each receive
-//! burst adds its count to `outstanding` (one atomic add per burst); every free
-//! subtracts (one atomic subtract per freed run, as its last access to `RxShared`).
+//! burst adds its count and every free through the handle subtracts it in a plain
+//! field of the handle (no atomic on the fast path: a locked instruction would wait
+//! for the handle's posted stores to the peer to drain), which the handle folds into
+//! `outstanding` when it goes; every other free (an `RxMbuf` dropped anywhere)
+//! subtracts from `outstanding` (one atomic subtract per freed run, as its last
+//! access to `RxShared`). The two may wrap apart; their sum is what is out.
 //! When the last `Arc<QueueShared>` goes (the port and the handle are both gone, so
 //! no more packets can be received), `Drop` frees `RxShared` only if `outstanding`
 //! is 0; otherwise it leaks it (with a message) rather than free memory under live
@@ -377,7 +381,8 @@ pub struct RxShared {
     /// Queue epoch: bumped (by the handle) at every queue reset. Packets of an older
     /// epoch are dropped without touching the rings.
     epoch: AtomicU32,
-    /// Received packets not yet freed.
+    /// Received packets not yet freed, less the handle's own count (`rx_held`,
+    /// folded in when the handle goes): wraps below zero while the handle lives.
     outstanding: CachePadded<AtomicUsize>,
     /// Keeps the window mapped while packets point into it.
     _window: Arc<dyn Window>,
@@ -644,6 +649,9 @@ pub struct QueueHandle {
     commits: Box<[(TxSlot, u32, u16)]>,
     /// Zero-copy buffers handed out in this epoch and not committed or cancelled.
     tx_out: usize,
+    /// Packets received here minus packets freed through this handle (wrapping; see
+    /// the module docs): the handle's share of `RxShared::outstanding`.
+    rx_held: usize,
     counters: QueueCounters,
 }
 
@@ -681,7 +689,10 @@ impl QueueHandle {
 
     /// Received packets of this queue not yet freed (any epoch).
     pub fn rx_outstanding(&self) -> usize {
-        self.rxs().outstanding.load(Ordering::Relaxed)
+        self.rxs()
+            .outstanding
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.rx_held)
     }
 
     /// Zero-copy transmit buffers handed out in this epoch and not yet committed or
@@ -821,9 +832,7 @@ impl QueueHandle {
         if n == 0 {
             return Ok(0);
         }
-        // Relaxed: only the teardown check reads it, after the handle is gone (its
-        // Arc drop orders this add before that check).
-        self.rxs().outstanding.fetch_add(n, Ordering::Relaxed);
+        self.rx_held = self.rx_held.wrapping_add(n);
         let mut bytes = 0u64;
         let (shared, epoch, queue) = (self.rx, self.epoch, self.queue);
         let area = self.qp.rx_area().map_err(|e| self.note_error(&e)).ok();
@@ -839,7 +848,7 @@ impl QueueHandle {
                 ));
                 self.note_error(&e);
                 let _ = self.qp.free(core::slice::from_ref(&p.handle));
-                self.rxs().outstanding.fetch_sub(1, Ordering::Release);
+                self.rx_held = self.rx_held.wrapping_sub(1);
                 continue;
             };
             bytes += p.len as u64;
@@ -896,8 +905,7 @@ impl QueueHandle {
         if let Err(e) = self.qp.free(h) {
             self.note_error(&e);
         }
-        // Release: as in RxShared::release (O1).
-        self.rxs().outstanding.fetch_sub(h.len(), Ordering::Release);
+        self.rx_held = self.rx_held.wrapping_sub(h.len());
     }
 
     /// Copying transmit: copies each payload once into a peer-visible buffer (or
@@ -1038,6 +1046,11 @@ impl Drop for QueueHandle {
     fn drop(&mut self) {
         // Stop using the rings; forget held packets (they are released as stale).
         let _ = self.reset_queue();
+        // Release: as in RxShared::release (O1): folds our count in, ordered before
+        // the Acquire load in QueueShared::drop that may free RxShared.
+        self.rxs()
+            .outstanding
+            .fetch_add(self.rx_held, Ordering::Release);
         // Release: as in link_changed (A1): the port stops waiting for this queue.
         self.shared.acked.store(GONE, Ordering::Release);
     }
@@ -1368,6 +1381,7 @@ impl Port {
                 slots: vec![TxSlot::default(); burst].into_boxed_slice(),
                 commits: vec![(TxSlot::default(), 0, 0); burst].into_boxed_slice(),
                 tx_out: 0,
+                rx_held: 0,
                 counters: QueueCounters::default(),
             }));
             queues.push(shared);

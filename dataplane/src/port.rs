@@ -144,6 +144,9 @@ pub struct PortConfig {
     pub timing: Timing,
     /// How long [`Port::start`] waits for the peer's handshake.
     pub handshake_timeout: Duration,
+    /// [`Port::attach`]: accept a window file owned by another user or writable by
+    /// group or others (refused by default; see `pmd::window::OpenOptions`).
+    pub allow_foreign: bool,
 }
 
 impl PortConfig {
@@ -160,6 +163,7 @@ impl PortConfig {
             burst: 32,
             timing: Timing::default(),
             handshake_timeout: Duration::from_secs(10),
+            allow_foreign: false,
         }
     }
 }
@@ -1311,7 +1315,8 @@ impl Port {
     /// Opens a window a peer created (side B) and validates its header; the queue
     /// count and ring geometry come from the header. Call [`start`](Self::start) next.
     pub fn attach(cfg: &PortConfig) -> Result<Port, PortError> {
-        let window: Arc<dyn Window> = Arc::from(open_spec(&cfg.window, &OpenOptions::new())?);
+        let opts = OpenOptions::new().allow_foreign(cfg.allow_foreign);
+        let window: Arc<dyn Window> = Arc::from(open_spec(&cfg.window, &opts)?);
         let info = open_header(&*window, &Expect::default())?;
         let layout = LinkLayout::from_header(&info)?;
         let Some(a) = info.find(AreaKind::Config).copied() else {

@@ -2,7 +2,7 @@
 //! wrong magic, wrong version, someone else's, world-writable, a symlink, a
 //! directory, a character device), a peer that never finishes the handshake, bad
 //! option values, bad stats windows. Each must give a clear error naming what is
-//! wrong, exit 2 (1 for `stats`), within a bounded time, and leave no file and no
+//! wrong, exit 2, within a bounded time, and leave no file and no
 //! process behind. The table in docs/THREAT_MODEL.md ("Bad input tried") lists the same cases
 //! with the exact messages.
 //!
@@ -247,6 +247,23 @@ fn bad_window_files_fail_at_once() {
         "header not initialised",
         &base,
     );
+    // --allow-foreign lets the same world-writable window through the ownership and
+    // mode checks: the run then gets as far as the handshake (no peer: a timeout),
+    // not a refusal.
+    let world2 = p("world2");
+    write_mode(&world2, &good, 0o666);
+    clean.0.push(world2.clone());
+    let mut args = backend(&world2.to_string_lossy());
+    args.push("--allow-foreign".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (out, _, pid) = run(&args, 20);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("refusing"),
+        "--allow-foreign still refused: {err}"
+    );
+    assert_eq!(out.status.code(), Some(2), "no peer: {out:?}");
+    no_leftovers(pid, &base);
     // The crafted files are untouched (nobody "repaired" or removed them).
     assert_eq!(std::fs::read(p("magic")).expect("still there"), magic);
     assert!(std::fs::symlink_metadata(p("link")).is_ok());
@@ -346,7 +363,7 @@ fn bad_option_values_and_stats_windows() {
     t(&["--txpkts", "0"], "--txpkts");
     assert!(!Path::new("/tmp/evil").exists());
 
-    // `zerohop stats` on things that are not stats windows: exit 1, clear message.
+    // `zerohop stats` on things that are not stats windows: exit 2, clear message.
     let trunc = PathBuf::from(format!("{base}-trunc"));
     let junk = PathBuf::from(format!("{base}-junk"));
     let link = PathBuf::from(format!("{base}-link"));
@@ -354,7 +371,7 @@ fn bad_option_values_and_stats_windows() {
     write_mode(&trunc, &[1u8; 10], 0o600);
     write_mode(&junk, &[0x5a; 8192], 0o600);
     std::os::unix::fs::symlink(&junk, &link).expect("symlink");
-    let s = |target: &str, want: &str| fails(&["stats", target, "--once"], 1, want, "zh-bad-none");
+    let s = |target: &str, want: &str| fails(&["stats", target, "--once"], 2, want, "zh-bad-none");
     s(&trunc.to_string_lossy(), "smaller than the 4096 bytes");
     s(&junk.to_string_lossy(), "bad magic");
     s(&link.to_string_lossy(), "is a symbolic link");

@@ -175,7 +175,7 @@ pub enum WindowError {
         path: PathBuf,
     },
     /// The file belongs to another user.
-    #[error("{path}: owned by uid {owner}, not by us (uid {ours}); refusing (allow_foreign(true) to accept)")]
+    #[error("{path}: owned by uid {owner}, not by us (uid {ours}); refusing (allow_foreign(true), or the tool's --allow-foreign, to accept)")]
     ForeignOwner {
         /// The file.
         path: PathBuf,
@@ -185,7 +185,7 @@ pub enum WindowError {
         ours: u32,
     },
     /// The file is writable by group or others.
-    #[error("{path}: mode {mode:04o} is writable by group or others; refusing (chmod 600, or allow_foreign(true))")]
+    #[error("{path}: mode {mode:04o} is writable by group or others; refusing (chmod 600, or allow_foreign(true) / --allow-foreign)")]
     WritableByOthers {
         /// The file.
         path: PathBuf,

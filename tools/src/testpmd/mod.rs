@@ -204,6 +204,10 @@ pub struct TestpmdArgs {
     /// the frontend's window to appear) before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_secs)]
     pub handshake_timeout: f64,
+    /// Attach to a window file owned by another user or writable by group or others
+    /// (refused by default: whoever can write the file can write the rings).
+    #[arg(long)]
+    pub allow_foreign: bool,
     /// Flows for flowgen.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub flows: u16,
@@ -567,6 +571,7 @@ fn port_config(a: &TestpmdArgs, spec: WindowSpec, role: Role) -> Result<PortConf
         c.timing.peer_timeout = secs("--peer-timeout", t)?;
     }
     c.handshake_timeout = secs("--handshake-timeout", a.handshake_timeout)?;
+    c.allow_foreign = a.allow_foreign;
     if a.packets.is_some() {
         if a.role == RoleArg::Both {
             return Err("--packets is for two independently started sides: --role frontend on one, --role backend on the other".into());

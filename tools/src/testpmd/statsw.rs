@@ -252,8 +252,9 @@ pub fn run(a: &StatsArgs) -> ExitCode {
     let sw = match StatsWindow::open(&path) {
         Ok(s) => s,
         Err(e) => {
+            // Not a stats window (or none there): bad input, as for testpmd.
             eprintln!("zerohop stats: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(2);
         }
     };
     let title = path.display().to_string();

@@ -30,6 +30,9 @@
 //! one (with Acquire) only when the cached value says the ring is full (producer) or
 //! empty (consumer) for the request at hand. In steady state a burst costs one
 //! Release store and, at most, one Acquire load (docs/MEMORY_ORDERING.md has the edges).
+//! A consumer chunk also prefetches the lines of the next chunk, as far as the cached
+//! tail says they are written (so never a line the producer is still filling): their
+//! misses then overlap this chunk's reads (rtrb does not; docs/BENCHMARKS.md).
 //!
 //! Three ways in and out:
 //! - per item: [`Producer::push`] / [`Consumer::pop`];

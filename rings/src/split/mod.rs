@@ -3,7 +3,7 @@
 //! Byte-compatible with the spec and with Linux' `struct vring_desc` / `vring_avail` /
 //! `vring_used`, so a standard virtio driver or a vringh-style device can be the peer.
 //! The one zerohop difference: a descriptor's `addr` is an offset into a *data area*
-//! (a separate [`Mem`](crate::mem::Mem) of `data_len` bytes, the window's buffer
+//! (a separate [`Mem`] of `data_len` bytes, the window's buffer
 //! area), not a bus address. The device half checks `addr + len <= data_len` for
 //! every buffer.
 //!

@@ -159,9 +159,9 @@ impl<L: Mem, R: Mem> PostedRx<L, R> {
                 if seq != p.wrapping_add(1) {
                     break;
                 }
-                // The sender is publishing: keep the lines of the next PREFETCH_SLOTS
-                // slots on their way, so their misses overlap instead of following one
-                // another. Local lines only, and only once a slot was ready (an idle
+                // The sender is publishing: keep the lines of this slot and the next
+                // `prefetch_ahead` on their way, so their misses overlap instead of
+                // following one another. Local lines only, and only once a slot was ready (an idle
                 // ring is never prefetched, so the sender is not raced for lines it
                 // is about to write).
                 while fetched < max && fetched <= n as u32 + s.prefetch_ahead {

@@ -32,6 +32,27 @@ fn names(prefix: &str) -> (String, String) {
     (format!("{prefix}/ping"), format!("{prefix}/pong"))
 }
 
+/// One publish-subscribe service of the round trip.
+type Service =
+    iceoryx2::service::port_factory::publish_subscribe::PortFactory<ipc::Service, Payload, ()>;
+
+/// Opens (or creates) the ping and pong services under `prefix`, with error logging
+/// only; the node is returned to be kept for as long as the services are used.
+fn services(prefix: &str) -> Result<(Node<ipc::Service>, Service, Service), Err> {
+    set_log_level(LogLevel::Error);
+    let cfg = config(prefix)?;
+    let node = NodeBuilder::new().config(&cfg).create::<ipc::Service>()?;
+    let (ping, pong) = names(prefix);
+    let open = |name: &str| {
+        node.service_builder(&name.try_into()?)
+            .publish_subscribe::<Payload>()
+            .open_or_create()
+            .map_err(Err::from)
+    };
+    let (ping, pong) = (open(&ping)?, open(&pong)?);
+    Ok((node, ping, pong))
+}
+
 /// The prefix of this process's iceoryx2 files.
 pub fn prefix() -> String {
     format!("zhcmp{}_", std::process::id())
@@ -54,18 +75,7 @@ pub fn round_trip(batches: usize) -> Result<f64, String> {
 }
 
 fn run_parent(prefix: &str, batches: usize) -> Result<Vec<f64>, Err> {
-    set_log_level(LogLevel::Error);
-    let cfg = config(prefix)?;
-    let node = NodeBuilder::new().config(&cfg).create::<ipc::Service>()?;
-    let (ping, pong) = names(prefix);
-    let ping = node
-        .service_builder(&ping.as_str().try_into()?)
-        .publish_subscribe::<Payload>()
-        .open_or_create()?;
-    let pong = node
-        .service_builder(&pong.as_str().try_into()?)
-        .publish_subscribe::<Payload>()
-        .open_or_create()?;
+    let (_node, ping, pong) = services(prefix)?;
     let publisher = ping.publisher_builder().create()?;
     let subscriber = pong.subscriber_builder().create()?;
     let peer = Peer::spawn(&["--peer".into(), "iox".into(), prefix.into()])?;
@@ -118,18 +128,7 @@ fn run_parent(prefix: &str, batches: usize) -> Result<Vec<f64>, Err> {
 
 /// The peer: echoes every ping on the pong service until `u64::MAX`.
 pub fn peer_main(prefix: &str) -> Result<(), Err> {
-    set_log_level(LogLevel::Error);
-    let cfg = config(prefix)?;
-    let node = NodeBuilder::new().config(&cfg).create::<ipc::Service>()?;
-    let (ping, pong) = names(prefix);
-    let ping = node
-        .service_builder(&ping.as_str().try_into()?)
-        .publish_subscribe::<Payload>()
-        .open_or_create()?;
-    let pong = node
-        .service_builder(&pong.as_str().try_into()?)
-        .publish_subscribe::<Payload>()
-        .open_or_create()?;
+    let (_node, ping, pong) = services(prefix)?;
     let subscriber = ping.subscriber_builder().create()?;
     let publisher = pong.publisher_builder().create()?;
     pin(1);

@@ -14,7 +14,7 @@
 //! figures include that work (a bare ring would be faster).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -154,9 +154,9 @@ pub fn one_line(s: &str) -> String {
     }
 }
 
-/// Runs `cmd` to completion (killed after `limit`): (exited 0, stdout), or why it
-/// could not be run or did not finish.
-pub fn run_with_deadline_raw(cmd: &mut Command, limit: Duration) -> Result<(bool, String), String> {
+/// Runs `cmd` to completion (killed after `limit`): its output, or why it could not
+/// be run or did not finish.
+fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -169,18 +169,7 @@ pub fn run_with_deadline_raw(cmd: &mut Command, limit: Duration) -> Result<(bool
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(limit) {
-        Ok(Ok(o)) => {
-            let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
-            if !o.status.success() && out.trim().is_empty() {
-                out = format!(
-                    "{}: {}",
-                    o.status,
-                    one_line(&String::from_utf8_lossy(&o.stderr))
-                );
-            }
-            Ok((o.status.success(), out))
-        }
-        Ok(Err(e)) => Err(format!("wait: {e}")),
+        Ok(r) => r.map_err(|e| format!("wait: {e}")),
         Err(_) => {
             // SAFETY: kill(2) on our own child's pid (not yet reaped: the waiter thread
             // is still blocked in wait), no memory involved.
@@ -190,33 +179,33 @@ pub fn run_with_deadline_raw(cmd: &mut Command, limit: Duration) -> Result<(bool
     }
 }
 
-/// Runs `cmd` to completion (killed after `limit`) and returns its stdout.
-pub fn run_with_deadline(cmd: &mut Command, limit: Duration) -> Result<String, String> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn: {e}"))?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(o)) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
-        Ok(Ok(o)) => Err(format!(
-            "{}: {} {}",
+/// Runs `cmd` to completion (killed after `limit`): (exited 0, stdout), or why it
+/// could not be run or did not finish. A failed run with no stdout gives its status
+/// and stderr instead.
+pub fn run_with_deadline_raw(cmd: &mut Command, limit: Duration) -> Result<(bool, String), String> {
+    let o = output_within(cmd, limit)?;
+    let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() && out.trim().is_empty() {
+        out = format!(
+            "{}: {}",
             o.status,
-            one_line(&String::from_utf8_lossy(&o.stdout)),
             one_line(&String::from_utf8_lossy(&o.stderr))
-        )),
-        Ok(Err(e)) => Err(format!("wait: {e}")),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid (not yet reaped: the waiter thread
-            // is still blocked in wait), no memory involved.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            Err(format!("no result within {limit:?}; killed pid {pid}"))
-        }
+        );
     }
+    Ok((o.status.success(), out))
+}
+
+/// Runs `cmd` to completion (killed after `limit`) and returns its stdout; a failed
+/// run is an error with its status, stdout and stderr.
+pub fn run_with_deadline(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+    let o = output_within(cmd, limit)?;
+    if o.status.success() {
+        return Ok(String::from_utf8_lossy(&o.stdout).into_owned());
+    }
+    Err(format!(
+        "{}: {} {}",
+        o.status,
+        one_line(&String::from_utf8_lossy(&o.stdout)),
+        one_line(&String::from_utf8_lossy(&o.stderr))
+    ))
 }

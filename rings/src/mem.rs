@@ -70,6 +70,12 @@ pub trait Mem {
     #[inline(always)]
     fn prefetch(&self, _off: usize) {}
 
+    /// Hint: this side is done writing the line holding `off` for now; move it from
+    /// this core's private caches to the shared cache, so that the reader's miss is
+    /// served there instead of by a snoop of this core. Never faults, never fails.
+    #[inline(always)]
+    fn demote(&self, _off: usize) {}
+
     /// Instrumentation hook: `bytes` were read through a pointer from `range_ptr`.
     #[inline(always)]
     fn note_read(&self, _bytes: usize) {}
@@ -308,6 +314,25 @@ impl Mem for Region {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = off;
     }
+
+    #[inline(always)]
+    fn demote(&self, off: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if off < self.len {
+            // SAFETY: `off < len`, so the address is inside the region. CLDEMOTE is a
+            // hint that never faults and changes no memory; CPUs without it decode it
+            // as a NOP (it lies in the reserved-NOP opcode space 0F 1C).
+            unsafe {
+                core::arch::asm!(
+                    "cldemote [{p}]",
+                    p = in(reg) self.ptr.as_ptr().add(off),
+                    options(nostack, preserves_flags, readonly)
+                )
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = off;
+    }
 }
 
 /// A [`Mem`] backed by loom atomics, so the real ring code runs under loom's model
@@ -477,6 +502,16 @@ mod tests {
         // Inside, at the last byte, past the end and far past it: no fault, no change.
         for off in [0, 64, 127, 128, usize::MAX] {
             r.prefetch(off);
+        }
+        assert_eq!(r.load_u32(64, Ordering::Relaxed).unwrap(), 7);
+    }
+
+    #[test]
+    fn demote_is_a_hint_anywhere() {
+        let r = Region::heap(128);
+        r.store_u32(64, 7, Ordering::Relaxed).unwrap();
+        for off in [0, 64, 127, 128, usize::MAX] {
+            r.demote(off);
         }
         assert_eq!(r.load_u32(64, Ordering::Relaxed).unwrap(), 7);
     }

@@ -221,6 +221,9 @@ pub struct QueueStats {
     pub tx_bursts: u64,
     /// Transmit calls that accepted fewer packets than asked (credits or slots).
     pub tx_backpressure: u64,
+    /// Transmit bursts sent as replies and demoted to the shared cache (see
+    /// [`PostedQueuePair::tx_burst`]).
+    pub tx_demoted: u64,
     /// Packets received.
     pub rx_packets: u64,
     /// Payload bytes received.
@@ -274,6 +277,9 @@ pub struct PostedQueuePair<L: Mem, R: Mem, C: CopyFn = PlainCopy> {
     /// The buffered run of a copying burst (capacity `max_burst`).
     run: Vec<TxBuf>,
     stats: QueueStats,
+    /// `stats.rx_packets` and `stats.rx_empty_polls` at the last publish (for
+    /// [`is_reply`](Self::is_reply)).
+    at_publish: (u64, u64),
     /// The peer's doorbell, if it may sleep ([`QueuePair::set_peer_doorbell`](super::QueuePair::set_peer_doorbell)).
     peer_db: PeerDoorbell,
     broken: bool,
@@ -355,6 +361,7 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
             tx_bufs: (0..layout.buffers()).map(|_| None).collect(),
             run: Vec::with_capacity(max_burst),
             stats: QueueStats::default(),
+            at_publish: (0, 0),
             peer_db: None,
             broken: false,
         })
@@ -589,6 +596,13 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
     /// slot bodies (an inline packet writes its payload and body together); then
     /// [`CopyFn::fence`]; then one publish (Release fence, lap tags).
     ///
+    /// A reply (at most 4 packets, sent after this side received something it had
+    /// waited for since its last send: a ping-pong, an echo, an RPC) is then demoted
+    /// ([`Mem::demote`]): its slot lines and up to 512 bytes of each buffered payload
+    /// leave this core's private caches, so the peer, polling for it, takes every
+    /// line from the shared cache instead of snooping this core once per line. A
+    /// stream never is (counted in [`QueueStats::tx_demoted`]).
+    ///
     /// A payload over the buffer size is [`QueueError::TooLarge`] if it is the first;
     /// otherwise the packets before it are sent and the count says where it stopped.
     pub fn tx_burst(&mut self, pkts: &[&[u8]], meta: u16) -> Result<usize, QueueError> {
@@ -597,6 +611,10 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
         let inline_cap = self.layout.inline_capacity() as usize;
         let buffered = pkts[..want].iter().filter(|p| p.len() > inline_cap).count();
         self.refill_credits(buffered)?;
+        let demote = self.is_reply(want);
+        // Where this burst's buffered payloads went, for the demote.
+        let mut payloads = [(0usize, 0usize); DEMOTE_MAX];
+        let mut np = 0;
         let max = self.max_len();
         let mut i = 0;
         let mut bytes = 0u64;
@@ -649,6 +667,14 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
                 self.run.push(buf);
                 i += 1;
             }
+            if demote {
+                for (buf, p) in self.run.iter().zip(&pkts[start..]) {
+                    if np < DEMOTE_MAX {
+                        payloads[np] = (buf.offset(), p.len());
+                        np += 1;
+                    }
+                }
+            }
             let mut committed = start;
             let mut run = std::mem::take(&mut self.run);
             let mut drain = run.drain(..);
@@ -673,6 +699,9 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
             }
         }
         let published = self.publish(i, bytes)?;
+        if demote {
+            self.demote(published, &payloads[..np]);
+        }
         if published < pkts.len() && result.is_ok() {
             self.stats.tx_backpressure += 1;
         }
@@ -689,6 +718,33 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
         }
     }
 
+    /// Is a send of `n` packets now a reply: a few packets, after something arrived
+    /// that this side had waited for (`DEMOTE_AFTER_EMPTY` empty polls or more)
+    /// since its last send? Then the peer is polling for them and this side will
+    /// wait again: the time [`demote`](Self::demote) costs is idle time here, and
+    /// it saves the peer a snoop of this core per line. Never true on a stream
+    /// (nothing received, or bursts over `DEMOTE_MAX`).
+    fn is_reply(&self, n: usize) -> bool {
+        let st = &self.stats;
+        n <= DEMOTE_MAX
+            && st.rx_packets != self.at_publish.0
+            && st.rx_empty_polls.wrapping_sub(self.at_publish.1) >= DEMOTE_AFTER_EMPTY
+    }
+
+    /// Demotes the `n` slots just published and up to `DEMOTE_PAYLOAD` bytes of each
+    /// buffered payload (`(offset, len)` in the peer's memory). Out of line: the
+    /// streaming path never calls it.
+    #[inline(never)]
+    fn demote(&mut self, n: usize, payloads: &[(usize, usize)]) {
+        self.stats.tx_demoted += 1;
+        self.tx.demote_published(n as u32);
+        for &(off, len) in payloads {
+            for l in 0..len.min(DEMOTE_PAYLOAD).div_ceil(64) {
+                self.tx.remote().demote(off + 64 * l);
+            }
+        }
+    }
+
     /// The copy engine's fence, then one publish; counts `n` packets of `bytes`.
     fn publish(&mut self, n: usize, bytes: u64) -> Result<usize, QueueError> {
         if n == 0 {
@@ -699,6 +755,7 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
         self.copy.fence();
         let r = self.tx.publish();
         self.ring(r)?;
+        self.at_publish = (self.stats.rx_packets, self.stats.rx_empty_polls);
         self.stats.tx_packets += n as u64;
         self.stats.tx_bytes += bytes;
         self.stats.tx_bursts += 1;
@@ -843,7 +900,15 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
             bytes += len as u64;
             n += 1;
         }
+        let demote = self.is_reply(n);
         let published = self.publish(n, bytes)?;
+        if demote {
+            let mut payloads = [(0usize, 0usize); DEMOTE_MAX];
+            for (p, (slot, len, _)) in payloads.iter_mut().zip(&slots[..published]) {
+                *p = (slot.off, *len as usize);
+            }
+            self.demote(published, &payloads[..published.min(DEMOTE_MAX)]);
+        }
         result.map(|()| published)
     }
 
@@ -899,3 +964,11 @@ impl<L: Mem, R: Mem, C: CopyFn> core::fmt::Debug for PostedQueuePair<L, R, C> {
             .finish()
     }
 }
+
+/// Empty receive polls since the last send that make the next send a reply
+/// ([`PostedQueuePair::is_reply`]).
+const DEMOTE_AFTER_EMPTY: u64 = 2;
+/// Largest burst that is demoted.
+const DEMOTE_MAX: usize = 4;
+/// Most bytes of a buffered payload that are demoted.
+const DEMOTE_PAYLOAD: usize = 512;

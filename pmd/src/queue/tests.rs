@@ -184,6 +184,53 @@ fn out_of_order_frees_release_slots_in_ring_order() {
 }
 
 #[test]
+fn only_replies_are_demoted() {
+    let (w, l) = link(1);
+    let mut a = l.open_side(&w, Side::A, 0).unwrap();
+    let mut b = l.open_side(&w, Side::B, 0).unwrap();
+    let mut pkts = [RxPkt::default(); 8];
+    let small = [7u8; 40];
+    let big = [9u8; 300];
+    // A stream: nothing received in between, any burst size.
+    assert_eq!(a.tx_burst(&[&small[..]], 0).unwrap(), 1);
+    assert_eq!(a.tx_burst(&[&small[..]; 8], 0).unwrap(), 8);
+    assert_eq!(a.stats().tx_demoted, 0);
+    // B waits (two empty polls), receives, answers: a reply, demoted (inline and
+    // buffered packets); the answer arrives intact.
+    for want in [8, 1] {
+        assert_eq!(b.rx_burst(&mut pkts).unwrap(), want);
+        b.free(&pkts[..want].iter().map(|p| p.handle).collect::<Vec<_>>())
+            .unwrap();
+    }
+    assert_eq!(b.rx_burst(&mut pkts).unwrap(), 0);
+    assert_eq!(b.rx_burst(&mut pkts).unwrap(), 0);
+    assert_eq!(a.tx_burst(&[&small[..]], 0).unwrap(), 1);
+    assert_eq!(b.rx_burst(&mut pkts).unwrap(), 1);
+    assert_eq!(b.tx_burst(&[&small[..], &big[..]], 0).unwrap(), 2);
+    assert_eq!(b.stats().tx_demoted, 1);
+    assert_eq!(a.rx_burst(&mut pkts).unwrap(), 2);
+    for (p, want) in pkts[..2].iter().zip([&small[..], &big[..]]) {
+        let mut v = vec![0u8; p.len as usize];
+        a.rx_mem().read_bytes(p.off, &mut v).unwrap();
+        assert_eq!(v, want);
+    }
+    // Received without waiting first, or a burst over 4: not a reply.
+    assert_eq!(b.rx_burst(&mut pkts).unwrap(), 0);
+    assert_eq!(b.tx_burst(&[&small[..]], 0).unwrap(), 1);
+    assert_eq!(b.stats().tx_demoted, 1);
+    a.free(&[pkts[0].handle, pkts[1].handle]).unwrap();
+    for _ in 0..2 {
+        assert_eq!(b.rx_burst(&mut pkts).unwrap(), 0);
+    }
+    assert_eq!(a.rx_burst(&mut pkts).unwrap(), 1);
+    assert_eq!(a.tx_burst(&[&small[..]], 0).unwrap(), 1);
+    assert_eq!(a.stats().tx_demoted, 0);
+    assert_eq!(b.rx_burst(&mut pkts).unwrap(), 1);
+    assert_eq!(b.tx_burst(&[&small[..]; 5], 0).unwrap(), 5);
+    assert_eq!(b.stats().tx_demoted, 1);
+}
+
+#[test]
 fn backpressure_returns_fewer_not_an_error() {
     let small = PostedLayout::new(8, 64, 4, 256).unwrap();
     let l = PostedLinkLayout::new(small, 1).unwrap();

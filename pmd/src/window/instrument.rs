@@ -245,6 +245,11 @@ macro_rules! delegate_mem {
                 self.$inner.range_ptr(off, len)
             }
             #[inline(always)]
+            fn demote(&self, off: usize) {
+                // A hint about our own writes: moves no data across a link.
+                self.$inner.demote(off);
+            }
+            #[inline(always)]
             fn prefetch(&self, off: usize) {
                 // Across a link a prefetch would be a read: count it as one (the
                 // fast path never prefetches remote memory; the counts prove it).

@@ -399,6 +399,24 @@ impl<L: Mem, R: Mem> PostedTx<L, R> {
         })
     }
 
+    /// Hint ([`Mem::demote`]): moves every line of the last `n` published slots
+    /// out of this core's private caches, so that B's misses on them are served by
+    /// the shared cache instead of by a snoop of this core. A buffered message's
+    /// payload lines are the caller's to demote (it knows where it wrote them). Costs
+    /// the sender time per line: for a side that waits for B anyway, not for a
+    /// streaming burst. Reads nothing.
+    pub fn demote_published(&self, n: u32) {
+        let lines = self.layout.slot_size().div_ceil(64) as usize;
+        let mut p = self.published.wrapping_sub(n.min(self.mask + 1));
+        while p != self.published {
+            let off = self.layout.slot_off(p & self.mask);
+            for l in 0..lines {
+                self.remote.demote(off + 64 * l);
+            }
+            p = p.wrapping_add(1);
+        }
+    }
+
     /// Did B ask to be woken for a position published since the previous call? Call
     /// after [`publish`](Self::publish) when B may sleep (a doorbell is configured);
     /// on `true` ring B's doorbell once. Reads only local memory: B's `wake` word

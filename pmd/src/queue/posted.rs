@@ -598,10 +598,10 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
     ///
     /// A reply (at most 4 packets, sent after this side received something it had
     /// waited for since its last send: a ping-pong, an echo, an RPC) is then demoted
-    /// ([`Mem::demote`]): its slot lines and up to 512 bytes of each buffered payload
-    /// leave this core's private caches, so the peer, polling for it, takes every
-    /// line from the shared cache instead of snooping this core once per line. A
-    /// stream never is (counted in [`QueueStats::tx_demoted`]).
+    /// ([`Mem::demote`]): its slot lines leave this core's private caches, so the
+    /// peer, polling for them, takes them from the shared cache instead of snooping
+    /// this core once per line. A stream never is (counted in
+    /// [`QueueStats::tx_demoted`]).
     ///
     /// A payload over the buffer size is [`QueueError::TooLarge`] if it is the first;
     /// otherwise the packets before it are sent and the count says where it stopped.
@@ -611,10 +611,6 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
         let inline_cap = self.layout.inline_capacity() as usize;
         let buffered = pkts[..want].iter().filter(|p| p.len() > inline_cap).count();
         self.refill_credits(buffered)?;
-        let demote = self.is_reply(want);
-        // Where this burst's buffered payloads went, for the demote.
-        let mut payloads = [(0usize, 0usize); DEMOTE_MAX];
-        let mut np = 0;
         let max = self.max_len();
         let mut i = 0;
         let mut bytes = 0u64;
@@ -667,14 +663,6 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
                 self.run.push(buf);
                 i += 1;
             }
-            if demote {
-                for (buf, p) in self.run.iter().zip(&pkts[start..]) {
-                    if np < DEMOTE_MAX {
-                        payloads[np] = (buf.offset(), p.len());
-                        np += 1;
-                    }
-                }
-            }
             let mut committed = start;
             let mut run = std::mem::take(&mut self.run);
             let mut drain = run.drain(..);
@@ -699,9 +687,6 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
             }
         }
         let published = self.publish(i, bytes)?;
-        if demote {
-            self.demote(published, &payloads[..np]);
-        }
         if published < pkts.len() && result.is_ok() {
             self.stats.tx_backpressure += 1;
         }
@@ -731,18 +716,11 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
             && st.rx_empty_polls.wrapping_sub(self.at_publish.1) >= DEMOTE_AFTER_EMPTY
     }
 
-    /// Demotes the `n` slots just published and up to `DEMOTE_PAYLOAD` bytes of each
-    /// buffered payload (`(offset, len)` in the peer's memory). Out of line: the
-    /// streaming path never calls it.
+    /// Demotes the `n` slots just published. Out of line: a stream never calls it.
     #[inline(never)]
-    fn demote(&mut self, n: usize, payloads: &[(usize, usize)]) {
+    fn demote(&mut self, n: usize) {
         self.stats.tx_demoted += 1;
         self.tx.demote_published(n as u32);
-        for &(off, len) in payloads {
-            for l in 0..len.min(DEMOTE_PAYLOAD).div_ceil(64) {
-                self.tx.remote().demote(off + 64 * l);
-            }
-        }
     }
 
     /// The copy engine's fence, then one publish; counts `n` packets of `bytes`.
@@ -755,6 +733,9 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
         self.copy.fence();
         let r = self.tx.publish();
         self.ring(r)?;
+        if self.is_reply(n) {
+            self.demote(n);
+        }
         self.at_publish = (self.stats.rx_packets, self.stats.rx_empty_polls);
         self.stats.tx_packets += n as u64;
         self.stats.tx_bytes += bytes;
@@ -900,15 +881,7 @@ impl<L: Mem, R: Mem, C: CopyFn> PostedQueuePair<L, R, C> {
             bytes += len as u64;
             n += 1;
         }
-        let demote = self.is_reply(n);
         let published = self.publish(n, bytes)?;
-        if demote {
-            let mut payloads = [(0usize, 0usize); DEMOTE_MAX];
-            for (p, (slot, len, _)) in payloads.iter_mut().zip(&slots[..published]) {
-                *p = (slot.off, *len as usize);
-            }
-            self.demote(published, &payloads[..published.min(DEMOTE_MAX)]);
-        }
         result.map(|()| published)
     }
 
@@ -970,5 +943,3 @@ impl<L: Mem, R: Mem, C: CopyFn> core::fmt::Debug for PostedQueuePair<L, R, C> {
 const DEMOTE_AFTER_EMPTY: u64 = 2;
 /// Largest burst that is demoted.
 const DEMOTE_MAX: usize = 4;
-/// Most bytes of a buffered payload that are demoted.
-const DEMOTE_PAYLOAD: usize = 512;

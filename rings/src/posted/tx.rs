@@ -401,10 +401,9 @@ impl<L: Mem, R: Mem> PostedTx<L, R> {
 
     /// Hint ([`Mem::demote`]): moves every line of the last `n` published slots
     /// out of this core's private caches, so that B's misses on them are served by
-    /// the shared cache instead of by a snoop of this core. A buffered message's
-    /// payload lines are the caller's to demote (it knows where it wrote them). Costs
-    /// the sender time per line: for a side that waits for B anyway, not for a
-    /// streaming burst. Reads nothing.
+    /// the shared cache instead of by a snoop of this core (an inline message is
+    /// then as fast to take as one line). Costs the sender time per line: for a
+    /// side that waits for B anyway, not for a streaming burst. Reads nothing.
     pub fn demote_published(&self, n: u32) {
         let lines = self.layout.slot_size().div_ceil(64) as usize;
         let mut p = self.published.wrapping_sub(n.min(self.mask + 1));

@@ -1,13 +1,20 @@
-//! The machine's floor: a one-line and a two-line ping-pong between two processes over
-//! a MAP_SHARED /dev/shm file, and single-core copy bandwidth into cold memory (plain
-//! `write_bytes` and `CopyEngine` non-temporal stores, one sfence per 32 copies).
+//! The machine's floor: ping-pongs between two processes over a MAP_SHARED /dev/shm
+//! file, and single-core copy bandwidth into cold memory (plain `write_bytes` and
+//! `CopyEngine` non-temporal stores, one sfence per 32 copies).
 //!
 //! ```text
-//!  parent (core 0)                            peer = `compare --peer floor1|floor2 PATH` (core 1)
-//!  off 0   ping := 2k+1 (1 line) / k (2 lines) ---->  sees it
-//!  off 0   sees 2k+2   <---- 1 line: off 0 := 2k+2 | 2 lines: off 128 := k
+//!  parent (core 0)                            peer = `compare --peer floorN PATH` (core 1)
+//!  1 line:   off 0 := 2k+1       ---->  sees it; off 0 := 2k+2  (the same line back)
+//!  2 lines:  off 0 := k          ---->  sees it; off 128 := k   (a line per direction)
+//!  message:  off 0 slot: 64 B + tag ---> reads it all; slot at off 4096 := 64 B + tag
 //!  u64::MAX at off 0 = stop; batches of 1000 round trips are timed and divided
 //! ```
+//!
+//! The message floor is what any ring that never reads the peer's memory must do to
+//! move a 64-byte packet: the payload and a tag after it in a 128-byte slot of the
+//! reader's memory (two cache lines, as a posted slot's 16-byte header and 64 bytes
+//! of payload), written with plain stores, tag last; the reader polls the tag, then
+//! reads the payload.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,25 +26,105 @@ use rings::{Mem, Region};
 use crate::peer::{on_core, scratch_path, Peer};
 
 const PING_OFF: usize = 0;
-const PONG_OFF: usize = 128;
+const PONG_LINE_OFF: usize = 128;
+const PONG_SLOT_OFF: usize = 4096;
+/// Payload of a message-floor slot: 64 bytes after a 16-byte header.
+const MSG_PAYLOAD_OFF: usize = 16;
 const WINDOW: usize = 8192;
 const BATCH: usize = 1000;
 const DEADLINE: Duration = Duration::from_secs(5);
 
+/// Which floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    /// Both directions through one line.
+    OneLine,
+    /// A line per direction (8-byte counters).
+    TwoLines,
+    /// A 64-byte payload and a tag per direction, in two lines of the reader's memory.
+    Message,
+}
+
+impl Floor {
+    /// The `--peer` argument of its peer process.
+    pub fn peer_arg(self) -> &'static str {
+        match self {
+            Floor::OneLine => "floor1",
+            Floor::TwoLines => "floor2",
+            Floor::Message => "floormsg",
+        }
+    }
+
+    /// Parses [`peer_arg`](Self::peer_arg).
+    pub fn from_peer_arg(s: &str) -> Option<Floor> {
+        [Floor::OneLine, Floor::TwoLines, Floor::Message]
+            .into_iter()
+            .find(|f| f.peer_arg() == s)
+    }
+
+    /// Where the answer to `ping` is written, and its value.
+    fn answer(self, ping: u64) -> (usize, u64) {
+        match self {
+            Floor::OneLine => (PING_OFF, ping + 1),
+            Floor::TwoLines => (PONG_LINE_OFF, ping),
+            Floor::Message => (PONG_SLOT_OFF, ping),
+        }
+    }
+
+    /// Is `v` at the ping word a ping not yet answered (`last` is the last answer)?
+    fn fresh(self, v: u64, last: u64) -> bool {
+        v != last && (self != Floor::OneLine || v & 1 == 1)
+    }
+}
+
+/// Writes `tag` at `off`; for the message floor, a 64-byte payload first (Relaxed
+/// stores; the tag's Release orders them before it).
+fn send(m: &Region, f: Floor, off: usize, tag: u64) -> Result<(), String> {
+    if f == Floor::Message {
+        for w in 0..8 {
+            m.store_u64(
+                off + MSG_PAYLOAD_OFF + 8 * w,
+                tag ^ w as u64,
+                Ordering::Relaxed,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    // Release: publishes the payload; pairs with the reader's Acquire load of the tag.
+    m.store_u64(off, tag, Ordering::Release)
+        .map_err(|e| e.to_string())
+}
+
+/// The reader's side of a received message: its 64-byte payload (checked).
+fn take(m: &Region, f: Floor, off: usize, tag: u64) -> Result<(), String> {
+    if f == Floor::Message {
+        for w in 0..8 {
+            // Relaxed: ordered after the tag's Acquire load.
+            let v = m
+                .load_u64(off + MSG_PAYLOAD_OFF + 8 * w, Ordering::Relaxed)
+                .map_err(|e| e.to_string())?;
+            if v != tag ^ w as u64 {
+                return Err(format!("floor message: word {w} is {v:#x}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Median over `batches` batches of the mean round trip (ns), two processes.
-pub fn ping_pong(lines: u8, batches: usize) -> Result<f64, String> {
+pub fn ping_pong(f: Floor, batches: usize) -> Result<f64, String> {
     let path = scratch_path("floor");
     let w = ShmWindow::create(&path, WINDOW).map_err(|e| e.to_string())?;
     let m = w.region().clone();
     let peer = Peer::spawn(&[
         "--peer".into(),
-        format!("floor{lines}"),
+        f.peer_arg().into(),
         path.display().to_string(),
     ])?;
     peer.line("READY", Instant::now() + DEADLINE)?;
     // The peer has it mapped: the name can go now (nothing left behind on any exit).
     let _ = std::fs::remove_file(&path);
-    let res = on_core(0, || pinger(&m, lines, batches));
+    let res = on_core(0, || pinger(&m, f, batches));
     // Release: the stop word; pairs with the peer's Acquire load.
     let _ = m.store_u64(PING_OFF, u64::MAX, Ordering::Release);
     peer.finish(Instant::now() + DEADLINE)?;
@@ -48,21 +135,15 @@ pub fn ping_pong(lines: u8, batches: usize) -> Result<f64, String> {
 }
 
 /// The parent's side: batch means (ns) of `batches` timed batches after one warm-up.
-fn pinger(m: &Region, lines: u8, batches: usize) -> Result<Vec<f64>, String> {
+fn pinger(m: &Region, f: Floor, batches: usize) -> Result<Vec<f64>, String> {
     let deadline = Instant::now() + DEADLINE;
     let mut seq = 0u64;
     let mut spins = 0u32;
     let mut rt = || -> Result<(), String> {
-        let (ping, off, want) = if lines == 1 {
-            seq += 2;
-            (seq - 1, PING_OFF, seq)
-        } else {
-            seq += 1;
-            (seq, PONG_OFF, seq)
-        };
-        // Release: the ping; pairs with the Acquire load in `peer_main`.
-        m.store_u64(PING_OFF, ping, Ordering::Release)
-            .map_err(|e| e.to_string())?;
+        seq += if f == Floor::OneLine { 2 } else { 1 };
+        let ping = if f == Floor::OneLine { seq - 1 } else { seq };
+        let (off, want) = f.answer(ping);
+        send(m, f, PING_OFF, ping)?;
         // Acquire: pairs with the peer's Release store of the answer.
         while m.load_u64(off, Ordering::Acquire).ok() != Some(want) {
             spins = spins.wrapping_add(1);
@@ -71,7 +152,7 @@ fn pinger(m: &Region, lines: u8, batches: usize) -> Result<Vec<f64>, String> {
             }
             core::hint::spin_loop();
         }
-        Ok(())
+        take(m, f, off, want)
     };
     let mut means = Vec::with_capacity(batches);
     for b in 0..=batches {
@@ -88,7 +169,7 @@ fn pinger(m: &Region, lines: u8, batches: usize) -> Result<Vec<f64>, String> {
 }
 
 /// The peer side: answers pings until `u64::MAX` (or the deadline).
-pub fn peer_main(lines: u8, path: &str) -> Result<(), String> {
+pub fn peer_main(f: Floor, path: &str) -> Result<(), String> {
     let w = ShmWindow::open(path, &OpenOptions::new()).map_err(|e| e.to_string())?;
     let m = w.region();
     pin(1);
@@ -104,17 +185,11 @@ pub fn peer_main(lines: u8, path: &str) -> Result<(), String> {
         if v == u64::MAX {
             return Ok(());
         }
-        let fresh = v != last && (lines != 1 || v & 1 == 1);
-        if fresh {
-            let (off, ans) = if lines == 1 {
-                (PING_OFF, v + 1)
-            } else {
-                (PONG_OFF, v)
-            };
+        if f.fresh(v, last) {
+            take(m, f, PING_OFF, v)?;
+            let (off, ans) = f.answer(v);
             last = ans;
-            // Release: the answer; pairs with the parent's Acquire wait.
-            m.store_u64(off, ans, Ordering::Release)
-                .map_err(|e| e.to_string())?;
+            send(m, f, off, ans)?;
         } else {
             spins = spins.wrapping_add(1);
             if spins & 0xfff == 0 && Instant::now() >= deadline {

@@ -8,7 +8,7 @@
 //!
 //!  repeat r (r = 0..N): every case once, in the order below (reversed on odd r, so
 //!  peers run A B then B A), each between two placement probes (cores 0 and 1):
-//!    floor 1 line, floor 2 lines, iceoryx2 RTT, copy 1500/64K plain/NT,
+//!    floor 1 line, floor 2 lines, floor 64 B message, iceoryx2 RTT, copy 1500/64K plain/NT,
 //!    zerohop ping-pong per ring (+ DPDK ping-pong),
 //!    for 64 B, 1500 B: for burst 1, 32, 256: DPDK, zerohop posted, split, packed
 //!    64 KiB x burst 1/32/256 per ring, SPSC contenders
@@ -16,7 +16,7 @@
 //!  report: medians (min-max) of valid samples, per-repeat ratios, verdicts, link model
 //! ```
 //!
-//! Peer processes re-execute this binary: `compare --peer floor1|floor2 PATH` and
+//! Peer processes re-execute this binary: `compare --peer floor1|floor2|floormsg PATH` and
 //! `compare --peer iox PREFIX`.
 
 #[allow(dead_code)]
@@ -24,6 +24,7 @@
 mod common;
 mod dpdk;
 mod floor;
+use floor::Floor;
 mod iox;
 mod linkmodel;
 mod peer;
@@ -182,7 +183,7 @@ pub struct Figure {
 /// A case: how to measure one figure once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Case {
-    Floor(u8),
+    Floor(Floor),
     Copy {
         size: usize,
         nt: bool,
@@ -205,7 +206,9 @@ enum Case {
 impl Case {
     fn key(self) -> String {
         match self {
-            Case::Floor(l) => format!("floor.rtt{l}"),
+            Case::Floor(Floor::OneLine) => "floor.rtt1".into(),
+            Case::Floor(Floor::TwoLines) => "floor.rtt2".into(),
+            Case::Floor(Floor::Message) => "floor.rttmsg".into(),
             Case::Copy { size, nt } => {
                 format!("copy.{size}.{}", if nt { "nt" } else { "plain" })
             }
@@ -230,8 +233,11 @@ impl Case {
 
     fn label(self) -> String {
         match self {
-            Case::Floor(1) => "floor: 1 cache line ping-pong, 2 processes".into(),
-            Case::Floor(_) => "floor: 2 lines ping-pong, 2 processes".into(),
+            Case::Floor(Floor::OneLine) => "floor: 1 cache line ping-pong, 2 processes".into(),
+            Case::Floor(Floor::TwoLines) => "floor: 2 lines ping-pong, 2 processes".into(),
+            Case::Floor(Floor::Message) => {
+                "floor: 64 B message ping-pong (payload + tag, 2 lines in the reader's memory), 2 processes".into()
+            }
             Case::Copy { size, nt } => format!(
                 "floor: copy {} to cold memory, 1 core, {}",
                 human(size),
@@ -308,7 +314,7 @@ fn probed(
 fn run_case(c: Case, rep: usize, ctx: &mut Ctx) -> Result<Sample, String> {
     let b = ctx.budget;
     match c {
-        Case::Floor(lines) => probed(rep, true, || floor::ping_pong(lines, b.batches)),
+        Case::Floor(f) => probed(rep, true, || floor::ping_pong(f, b.batches)),
         Case::Copy { size, nt } => {
             let cb = ctx
                 .copy
@@ -363,7 +369,7 @@ fn schedule(o: &Opts, with_dpdk: bool, with_zh: bool) -> Vec<Case> {
     let dp = on("dpdk") && with_dpdk;
     let mut v = Vec::new();
     if on("floor") {
-        v.extend([Case::Floor(1), Case::Floor(2)]);
+        v.extend([Floor::OneLine, Floor::TwoLines, Floor::Message].map(Case::Floor));
     }
     if on("iceoryx2") {
         v.push(Case::Iox);
@@ -639,8 +645,9 @@ fn run(o: &Opts) -> Outcome {
 
 fn peer_dispatch(args: &[String]) -> ExitCode {
     let r: Result<(), String> = match (args.first().map(String::as_str), args.get(1)) {
-        (Some("floor1"), Some(p)) => floor::peer_main(1, p),
-        (Some("floor2"), Some(p)) => floor::peer_main(2, p),
+        (Some(a), Some(p)) if Floor::from_peer_arg(a).is_some() => {
+            floor::peer_main(Floor::from_peer_arg(a).expect("checked"), p)
+        }
         (Some("iox"), Some(p)) => iox::peer_main(p).map_err(|e| e.to_string()),
         _ => Err(format!("bad peer arguments {args:?}")),
     };
@@ -667,7 +674,7 @@ mod tests {
         assert_eq!(o.repeats, 1);
         let c = schedule(&o, false, true);
         assert!(c.iter().all(|c| matches!(c.section(), "floor" | "spsc")));
-        assert!(c.contains(&Case::Floor(1)));
+        assert!(c.contains(&Case::Floor(Floor::OneLine)));
         let o = parse(&args("--with-dpdk")).unwrap();
         assert_eq!(o.repeats, 5);
         let c = schedule(&o, true, true);

@@ -171,6 +171,22 @@ pub fn ratio_specs() -> Vec<RatioSpec> {
             true,
         );
     }
+    // The same round trip against the floors a ring that never reads the peer's
+    // memory can reach (GUIDE.md section 3): a line per direction, and a 64-byte
+    // message (two lines) per direction.
+    for (den, what) in [
+        ("floor.rtt2", "2-line floor"),
+        ("floor.rttmsg", "64 B message floor"),
+    ] {
+        add(
+            format!("posted 64 B ping-pong RTT / {what}; lower is better"),
+            "zerohop.posted.pingpong".into(),
+            den,
+            1.0,
+            Target::Report,
+            true,
+        );
+    }
     for size in [64usize, 1500] {
         for b in crate::BURSTS {
             for r in zerohop::RINGS {

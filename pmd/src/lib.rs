@@ -10,6 +10,7 @@
 //!   payload into the peer-visible buffer, chosen at run time, and its `sfence` rule.
 //! - [`queue`]: the poll-mode queue pairs (the posted ring's zero-copy RX, zero-copy
 //!   and copying TX, one publish per burst) and the window layout of a link.
+//! - [`tsc`]: the time-stamp counter as a cheap clock for timing messages.
 //! - [`notify`]: the optional slow path for a side that sleeps: eventfds exchanged
 //!   over a unix socket on one host, doorbell registers on PCI and NTB.
 #![cfg_attr(not(test), warn(missing_docs))]
@@ -18,4 +19,5 @@ pub mod control;
 pub mod copy;
 pub mod notify;
 pub mod queue;
+pub mod tsc;
 pub mod window;

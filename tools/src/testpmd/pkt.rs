@@ -23,34 +23,7 @@ pub const GEN_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const SEQ_HEAD: usize = 64;
 const SEQ_TAIL: usize = 8;
 
-/// Reads the time-stamp counter (x86-64) or CLOCK_MONOTONIC in ns elsewhere.
-#[inline(always)]
-pub fn ticks() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: rdtsc has no preconditions; every x86-64 CPU has it.
-        #[allow(unused_unsafe)]
-        unsafe {
-            core::arch::x86_64::_rdtsc()
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        crate::demo::now_ns()
-    }
-}
-
-/// Nanoseconds per [`ticks`] unit, measured once against the monotonic clock (about
-/// 20 ms). The TSC is one counter for every process on the host, so a value from the
-/// parent is passed to the peer process and both convert alike.
-pub fn calibrate() -> f64 {
-    let (t0, c0) = (std::time::Instant::now(), ticks());
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    let (t1, c1) = (std::time::Instant::now(), ticks());
-    let ns = (t1 - t0).as_nanos() as f64;
-    let dt = c1.wrapping_sub(c0).max(1) as f64;
-    ns / dt
-}
+pub use pmd::tsc::{calibrate, ticks};
 
 /// Source bytes one `tx_burst` call of generated packets may span: the stamped
 /// packets of a call are distinct buffers, and a burst of 32 x 64 KiB (2 MiB) would

@@ -611,3 +611,16 @@ fn config_errors_name_the_line() {
         assert!(e.msg.contains(what), "{e}");
     }
 }
+
+#[test]
+fn inline_payload_follows_mode_and_slot_size() {
+    use crate::link::{LinkConfig, RingMode, Role};
+    let mut c = LinkConfig::new("/dev/shm/unused", RingMode::Posted, Role::Host);
+    // 128-byte slots: 16 bytes of slot header, 16 of rpmsg header.
+    assert_eq!(c.slot_size, 128);
+    assert_eq!(c.inline_payload(), 96);
+    c.slot_size = 64;
+    assert_eq!(c.inline_payload(), 32);
+    c.mode = RingMode::Split;
+    assert_eq!(c.inline_payload(), 0);
+}

@@ -36,7 +36,9 @@ fn server(path: &str, m: RingMode) -> Result<(), RpmsgError> {
         };
         idle = Instant::now();
         // Zero-copy both ways: read the request in place, build the reply in a
-        // peer-visible buffer, release the request.
+        // peer-visible buffer, release the request. (A reply of at most
+        // `LinkConfig::inline_payload()` bytes is faster with the copying `send`: it
+        // travels inside its ring slot; docs/RPMSG.md.)
         let src = m.src();
         let n = m.len();
         let Some(mut tx) = link.get_tx_buffer()? else {

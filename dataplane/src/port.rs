@@ -88,7 +88,7 @@ use pmd::window::{
     create_spec, init_header, open_header, open_spec, OpenOptions, Window, WindowError, WindowSpec,
 };
 use rings::control::{ControlError, QueueConfig, RingMode};
-use rings::header::{Area, AreaKind, Expect, HeaderParams, HEADER_SIZE};
+use rings::header::{Area, AreaKind, Expect, HeaderParams, HEADER_SIZE, MAX_AREAS};
 use rings::posted::PostedLayout;
 use rings::{Mem, Region};
 
@@ -96,8 +96,9 @@ use rings::{Mem, Region};
 const CONFIG_AREA: usize = 4096;
 /// Slot size of posted rings (see `pmd::queue::POSTED_SLOT_SIZE`).
 const SLOT_SIZE: u32 = pmd::queue::POSTED_SLOT_SIZE;
-/// Most queue pairs a port has: the header has 16 areas, two per queue plus Config.
-pub const MAX_PORT_QUEUES: u16 = 7;
+/// Most queue pairs a port has (posted mode; see [`RingKind::max_queues`]): the
+/// header has [`MAX_AREAS`] areas, two per posted queue pair plus the Config area.
+pub const MAX_PORT_QUEUES: u16 = ((MAX_AREAS - 1) / 2) as u16;
 /// Handles per free run (a stack array, no allocation).
 const FREE_CHUNK: usize = 64;
 /// `acked` value of a handle that was dropped (the port stops waiting for it).
@@ -121,6 +122,18 @@ pub enum RingKind {
     Split,
     /// virtio 1.x packed virtqueues (rings and buffers in the frontend's memory).
     Packed,
+}
+
+impl RingKind {
+    /// Most queue pairs a port of this mode has: the header's [`MAX_AREAS`] areas
+    /// hold the Config area and two areas per posted queue pair (31 pairs), three
+    /// per split or packed one (21 pairs).
+    pub fn max_queues(self) -> u16 {
+        match self {
+            RingKind::Posted => MAX_PORT_QUEUES,
+            RingKind::Split | RingKind::Packed => ((MAX_AREAS - 1) / 3) as u16,
+        }
+    }
 }
 
 /// How to build a port.
@@ -1265,7 +1278,7 @@ impl Port {
     /// area, then writes the header (its init stamp last). Call [`start`](Self::start)
     /// next.
     pub fn create(cfg: &PortConfig) -> Result<Port, PortError> {
-        if cfg.queues == 0 || cfg.queues > MAX_PORT_QUEUES {
+        if cfg.queues == 0 || cfg.queues > cfg.ring.max_queues() {
             return Err(PortError::InvalidConfig {
                 what: "queues",
                 value: cfg.queues as u64,

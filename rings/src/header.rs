@@ -17,12 +17,12 @@
 //!      24     8  generation     bumped by each creator (never 0)
 //!      32     4  creator_pid    process id of the creator (diagnostics only)
 //!      36     4  flags          opaque to this module, reserved for users
-//!      40     4  area_count     entries of the area table in use (<= 16)
+//!      40     4  area_count     entries of the area table in use (<= 64)
 //!      44     4  reserved       0
 //!      48     8  init_stamp     INIT_STAMP ^ generation, written LAST (Release)
 //!      56     8  reserved       0
-//!      64   512  areas[16]      { kind u32, flags u32, offset u64, size u64, param u64 }
-//!     576  3520  reserved       0 (room for minor versions)
+//!      64  2048  areas[64]      { kind u32, flags u32, offset u64, size u64, param u64 }
+//!    2112  1984  reserved       0 (room for minor versions)
 //!    4096        first area (page aligned)
 //! ```
 //!
@@ -54,14 +54,16 @@ use crate::sync::{fence, Ordering};
 pub const MAGIC: [u8; 8] = *b"ZEROHOP\0";
 /// Major layout version: a reader refuses any other major.
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor layout version: additions that an older reader may ignore.
-pub const VERSION_MINOR: u16 = 0;
+/// Minor layout version: additions that an older reader may ignore. 1: the area
+/// table has 64 entries (minor 0: 16; a minor-0 reader opens a window of at most 16
+/// areas and refuses a larger `area_count` with a typed error).
+pub const VERSION_MINOR: u16 = 1;
 /// `version` field value written by this code.
 pub const VERSION: u32 = (VERSION_MAJOR as u32) << 16 | VERSION_MINOR as u32;
 /// Size of the header: one 4 KiB page, so the first area is page aligned.
 pub const HEADER_SIZE: usize = 4096;
-/// Number of entries in the area table.
-pub const MAX_AREAS: usize = 16;
+/// Number of entries in the area table (32 posted or 21 split/packed queue pairs).
+pub const MAX_AREAS: usize = 64;
 /// Alignment every area offset must have (one cache line, two on some CPUs: 64 is
 /// the common floor and what the ring layouts need).
 pub const AREA_ALIGN: u64 = 64;
@@ -96,7 +98,7 @@ const _: () = assert!(offset_of!(RawArea, param) == 24);
 /// The defined part of the header, as laid out in the window (the rest of the
 /// 4096-byte page is reserved and zeroed by [`Header::init`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct RawHeader {
     /// [`MAGIC`].
     pub magic: [u8; 8],
@@ -134,8 +136,15 @@ const _: () = assert!(offset_of!(RawHeader, flags) == 36);
 const _: () = assert!(offset_of!(RawHeader, area_count) == 40);
 const _: () = assert!(offset_of!(RawHeader, init_stamp) == 48);
 const _: () = assert!(offset_of!(RawHeader, areas) == 64);
-const _: () = assert!(size_of::<RawHeader>() == 576);
+const _: () = assert!(size_of::<RawHeader>() == 2112);
 const _: () = assert!(size_of::<RawHeader>() <= HEADER_SIZE);
+
+impl Default for RawHeader {
+    /// All zero (arrays over 32 entries have no derived `Default`).
+    fn default() -> Self {
+        Self::zeroed()
+    }
+}
 
 /// What an area holds. Numbers are part of the wire format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -494,7 +503,8 @@ fn check_areas(areas: &[Area], header_size: u64, window_size: u64) -> Result<(),
             });
         }
     }
-    // At most 16 areas: the quadratic check is 120 comparisons. Ends do not overflow
+    // At most 64 areas: the quadratic check is at most 2016 comparisons, once per
+    // open. Ends do not overflow
     // (checked above).
     for (i, a) in areas.iter().enumerate() {
         for (j, b) in areas.iter().enumerate().skip(i + 1) {
@@ -746,8 +756,8 @@ mod tests {
         let want: [u8; 128] = [
             // magic
             b'Z', b'E', b'R', b'O', b'H', b'O', b'P', 0,
-            // version 1.0, header_size 4096
-            0x00, 0x00, 0x01, 0x00, 0x00, 0x10, 0x00, 0x00,
+            // version 1.1, header_size 4096
+            0x01, 0x00, 0x01, 0x00, 0x00, 0x10, 0x00, 0x00,
             // window_size 12288
             0x00, 0x30, 0, 0, 0, 0, 0, 0,
             // generation 1
@@ -886,7 +896,7 @@ mod tests {
         let msg = Header::open(&r, &Expect::default())
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("2.0") && msg.contains("1.0"), "{msg}");
+        assert!(msg.contains("2.0") && msg.contains("1.1"), "{msg}");
         // A newer minor is accepted.
         set_u32(&r, 8, 1 << 16 | 9);
         assert!(Header::open(&r, &Expect::default()).is_ok());
@@ -958,7 +968,7 @@ mod tests {
     fn area_errors_on_open() {
         type Poke = fn(&Region);
         let cases: [(Poke, AreaError); 7] = [
-            (|r| set_u32(r, 40, 17), AreaError::TooMany { count: 17 }),
+            (|r| set_u32(r, 40, 65), AreaError::TooMany { count: 65 }),
             (
                 |r| set_u32(r, area_at(1), 0),
                 AreaError::ZeroKind { index: 1 },
@@ -1008,6 +1018,18 @@ mod tests {
     }
 
     #[test]
+    fn a_full_area_table_round_trips() {
+        let r = Region::heap(WIN);
+        let mut p = params();
+        p.areas = (0..MAX_AREAS)
+            .map(|i| Area::new(AreaKind::User, (HEADER_SIZE + 64 * i) as u64, 64))
+            .collect();
+        Header::init(&r, &p).unwrap();
+        let info = Header::open(&r, &Expect::default()).unwrap();
+        assert_eq!(info.areas(), &p.areas[..]);
+    }
+
+    #[test]
     fn area_errors_on_init() {
         let r = Region::heap(WIN);
         let mut p = params();
@@ -1017,10 +1039,10 @@ mod tests {
             Err(InitError::Area(AreaError::Overlap { a: 0, b: 1 }))
         );
         let mut p = params();
-        p.areas = vec![Area::new(AreaKind::User, 4096, 64); 17];
+        p.areas = vec![Area::new(AreaKind::User, 4096, 64); MAX_AREAS + 1];
         assert_eq!(
             Header::init(&r, &p),
-            Err(InitError::Area(AreaError::TooMany { count: 17 }))
+            Err(InitError::Area(AreaError::TooMany { count: 65 }))
         );
         let mut p = params();
         p.areas[0].kind = AreaKind::Unknown(0);

@@ -361,6 +361,11 @@ fn bad_option_values_and_stats_windows() {
     t(&["--window", "pci:zz"], "expected DEVICE/barN");
     t(&["--lcores", ""], "is empty");
     t(&["--txpkts", "0"], "--txpkts");
+    t(
+        &["--ring", "split", "--rxq", "22"],
+        "a Split port has at most 21 queue pairs",
+    );
+    t(&["--rxq", "32"], "--rxq");
     assert!(!Path::new("/tmp/evil").exists());
 
     // `zerohop stats` on things that are not stats windows: exit 2, clear message.

@@ -62,6 +62,7 @@ fn bad_configs_fail_with_line_and_field() {
         ("unknown_field", "queues = 1", "queues = 1\nspeed = 10", ":7:", "port[0].speed", "unknown field `speed`"),
         ("wrong_type", "queues = 1", "queues = \"one\"", ":6:", "port[0].queues", "invalid type: string \"one\", expected u32"),
         ("no_core", "cpu = 0", "cpu = 4096", ":11:", "lcore[0].cpu", "CPU 4096 does not exist"),
+        ("too_many_queues", "queues = 1", "queues = 22", ":6:", "port[0].queues", "22 queue pairs (expected 1 to 21 for this ring mode)"),
         ("queue_size", "ring_size = 256", "ring_size = 1000", ":7:", "port[0].ring_size", "1000 is not a power of two"),
         ("tiny_window", "role = \"backend\"", "role = \"backend\"\nwindow_size = \"16K\"", ":6:", "port[0].window_size", "window too small"),
         (

@@ -30,7 +30,7 @@
 //! | 22..50  | buffers                               |
 //! | 50..64  | buf_size / 64 (so buf_size < 1 MiB)   |
 //!
-//! At most [`MAX_QUEUES`] queue pairs (two header areas each, 16 areas in a header).
+//! At most [`MAX_QUEUES`] queue pairs (two header areas each, 64 areas in a header).
 //! The creator zeroes every ring area before it writes the header, whose init stamp
 //! comes last: a peer that opens a valid header sees zeroed rings. Credits are not
 //! written by the creator: each side's RX grants its own when it attaches

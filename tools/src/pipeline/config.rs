@@ -47,12 +47,9 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use dataplane::port::RingKind;
 use serde::Deserialize;
 use toml::Spanned;
-
-/// Most queue pairs per port: the window header holds two areas per queue pair
-/// (`pmd::queue::layout::MAX_QUEUES`).
-pub const MAX_QUEUES: u32 = pmd::queue::layout::MAX_QUEUES as u32;
 
 /// Bytes of window header.
 const HEADER_BYTES: u64 = 4096;
@@ -108,6 +105,17 @@ pub enum RingMode {
     Packed,
     /// zerohop's posted ring.
     Posted,
+}
+
+impl RingMode {
+    /// The port's ring kind.
+    pub fn kind(self) -> RingKind {
+        match self {
+            RingMode::Split => RingKind::Split,
+            RingMode::Packed => RingKind::Packed,
+            RingMode::Posted => RingKind::Posted,
+        }
+    }
 }
 
 /// Which end of the link a port is.
@@ -494,11 +502,13 @@ fn validate(src: &Src, c: &Config, online: &[usize]) -> Result<(), ConfigError> 
         let spec: Result<pmd::window::WindowSpec, _> = p.window.get_ref().parse();
         let spec = spec.map_err(|e| src.err(p.window.span(), f("window"), format!("{e}")))?;
         let queues = *p.queues.get_ref();
-        if !(1..=MAX_QUEUES).contains(&queues) {
+        // The window header's area table bounds it, per ring mode.
+        let max = u32::from(p.ring.get_ref().kind().max_queues());
+        if !(1..=max).contains(&queues) {
             return Err(src.err(
                 p.queues.span(),
                 f("queues"),
-                format!("{queues} queue pairs (expected 1 to {MAX_QUEUES})"),
+                format!("{queues} queue pairs (expected 1 to {max} for this ring mode)"),
             ));
         }
         let ring_size = *p.ring_size.get_ref();

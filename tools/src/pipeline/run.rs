@@ -210,14 +210,6 @@ fn poller(p: PollMode) -> Poller {
     }
 }
 
-fn ring_kind(r: config::RingMode) -> RingKind {
-    match r {
-        config::RingMode::Split => RingKind::Split,
-        config::RingMode::Packed => RingKind::Packed,
-        config::RingMode::Posted => RingKind::Posted,
-    }
-}
-
 fn port_cfg(
     spec: WindowSpec,
     role: Role,
@@ -545,7 +537,7 @@ fn execute(a: &RunArgs, checked: &config::Checked) -> Result<RunReport, String> 
         pcfgs.push(port_cfg(
             spec,
             role,
-            ring_kind(*p.ring.get_ref()),
+            p.ring.get_ref().kind(),
             *p.queues.get_ref() as u16,
             *p.ring_size.get_ref(),
             *p.buf_size.get_ref(),

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use dataplane::lcore::{Backoff, Lcores, Poller};
 use dataplane::pmd::window::WindowSpec;
-use dataplane::port::{LinkChange, Port, PortConfig, QueueHandle, RingKind, Role};
+use dataplane::port::{LinkChange, Port, PortConfig, QueueHandle, RingKind, Role, MAX_PORT_QUEUES};
 use dataplane::stats::LcoreStats;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
@@ -154,11 +154,12 @@ pub struct TestpmdArgs {
     /// Packet size in bytes (32 to 65536: header, sequence number, timestamp, pattern).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(32..=65536))]
     pub txpkts: u32,
-    /// Receive queues (1 to 5; a port has queue pairs: max(rxq, txq) pairs are used).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    /// Receive queues (1 to 31 posted, 21 split or packed; a port has queue pairs:
+    /// max(rxq, txq) pairs are used).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_PORT_QUEUES as i64))]
     pub rxq: u16,
     /// Transmit queues (see --rxq).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_PORT_QUEUES as i64))]
     pub txq: u16,
     /// Receive ring size (a power of two, 2 to 32768; the port uses max(rxd, txd)).
     #[arg(long, default_value_t = 256)]
@@ -553,6 +554,14 @@ fn port_config(a: &TestpmdArgs, spec: WindowSpec, role: Role) -> Result<PortConf
     let mut c = PortConfig::new(spec, role);
     c.ring = a.ring.kind();
     c.queues = a.rxq.max(a.txq);
+    if c.queues > c.ring.max_queues() {
+        return Err(format!(
+            "--rxq/--txq {}: a {:?} port has at most {} queue pairs",
+            c.queues,
+            c.ring,
+            c.ring.max_queues()
+        ));
+    }
     c.ring_size = ring_size(a)?;
     c.buf_size = (a.txpkts + 64).next_multiple_of(64).max(2048);
     c.burst = a.burst as usize;

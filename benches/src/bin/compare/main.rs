@@ -447,12 +447,6 @@ fn scaling(o: &Opts, ctx: &Ctx, skipped: &mut Vec<String>) -> Vec<(u16, Result<f
             ));
             continue;
         }
-        if n > 5 {
-            skipped.push(format!(
-                "scaling, {n} queue pairs: zerohop testpmd takes at most 5 queues"
-            ));
-            continue;
-        }
         let lc = format!("0-{}", 2 * n - 1);
         let out = zerohop::run_with_deadline(
             std::process::Command::new(bin)

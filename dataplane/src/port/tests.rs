@@ -72,6 +72,19 @@ fn bad_config_is_refused() {
         Port::create(&ca),
         Err(PortError::InvalidConfig { .. })
     ));
+    // One queue pair more than the header's area table holds, per ring mode.
+    for ring in [RingKind::Posted, RingKind::Split, RingKind::Packed] {
+        ca.ring = ring;
+        ca.queues = ring.max_queues() + 1;
+        assert!(matches!(
+            Port::create(&ca),
+            Err(PortError::InvalidConfig { what: "queues", .. })
+        ));
+    }
+    assert_eq!(
+        (RingKind::Posted.max_queues(), RingKind::Split.max_queues()),
+        (31, 21)
+    );
 }
 
 #[test]

@@ -401,7 +401,8 @@ fn layout_round_trips_and_rejects_tampering() {
     }
     assert!(l.open_side(&w, Side::A, 3).is_err());
     assert!(PostedLinkLayout::new(ring(), 0).is_err());
-    assert!(PostedLinkLayout::new(ring(), 9).is_err());
+    assert!(PostedLinkLayout::new(ring(), layout::MAX_QUEUES).is_ok());
+    assert!(PostedLinkLayout::new(ring(), layout::MAX_QUEUES + 1).is_err());
     // A header whose posted areas do not match their own geometry is refused.
     let mut areas = l.header_areas();
     areas[1].param ^= 1 << 22; // buffers

@@ -451,7 +451,9 @@ fn layout_round_trips_and_rejects_tampering() {
         ));
     }
     assert!(VirtioLinkLayout::new(RingMode::Split, RING, BUF, 0).is_err());
-    assert!(VirtioLinkLayout::new(RingMode::Split, RING, BUF, 6).is_err());
+    let max = virtio_layout::MAX_VIRTIO_QUEUES;
+    assert!(VirtioLinkLayout::new(RingMode::Split, RING, BUF, max).is_ok());
+    assert!(VirtioLinkLayout::new(RingMode::Split, RING, BUF, max + 1).is_err());
     assert!(VirtioLinkLayout::new(RingMode::Packed, 100, BUF, 1).is_err());
     assert!(VirtioLinkLayout::new(RingMode::Packed, RING, 100, 1).is_err());
     let l = VirtioLinkLayout::new(RingMode::Split, RING, BUF, 1).unwrap();

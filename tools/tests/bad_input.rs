@@ -189,7 +189,7 @@ fn bad_window_files_fail_at_once() {
         (format!("{base}-magic"), "bad magic"),
         (
             format!("{base}-version"),
-            "layout version mismatch: window has 9.0, this build speaks 1.0",
+            "layout version mismatch: window has 9.0, this build speaks 1.1",
         ),
         (
             format!("{base}-world"),

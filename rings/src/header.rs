@@ -504,8 +504,7 @@ fn check_areas(areas: &[Area], header_size: u64, window_size: u64) -> Result<(),
         }
     }
     // At most 64 areas: the quadratic check is at most 2016 comparisons, once per
-    // open. Ends do not overflow
-    // (checked above).
+    // open. Ends do not overflow (checked above).
     for (i, a) in areas.iter().enumerate() {
         for (j, b) in areas.iter().enumerate().skip(i + 1) {
             if a.offset < b.offset + b.size && b.offset < a.offset + a.size {

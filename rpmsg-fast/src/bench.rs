@@ -95,8 +95,8 @@ pub fn run_peer(link: &mut Link, poll: Poll, deadline: Duration) -> Result<(), R
         while let Some(m) = link.try_recv(echo)? {
             let quit = link.payload(&m).first() == Some(&END);
             // A payload that fits a slot goes back inline (a copying send: fewer lines
-            // than a zero-copy buffer, see LinkConfig::inline_payload); a larger one through
-            // a zero-copy buffer.
+            // than a zero-copy buffer, see LinkConfig::inline_payload); a larger one
+            // through a zero-copy buffer.
             if m.len() <= stage.len() {
                 let n = m.len();
                 stage[..n].copy_from_slice(link.payload(&m));

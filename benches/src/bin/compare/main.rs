@@ -24,7 +24,6 @@
 mod common;
 mod dpdk;
 mod floor;
-use floor::Floor;
 mod iox;
 mod linkmodel;
 mod peer;
@@ -38,6 +37,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use dataplane::probe::placement_probe;
+use floor::Floor;
 use stats::{Sample, VOID_RETRIES};
 
 /// Round trips per placement probe.

@@ -638,11 +638,11 @@ fn run(o: &Opts) -> Outcome {
 }
 
 fn peer_dispatch(args: &[String]) -> ExitCode {
-    let r: Result<(), String> = match (args.first().map(String::as_str), args.get(1)) {
-        (Some(a), Some(p)) if Floor::from_peer_arg(a).is_some() => {
-            floor::peer_main(Floor::from_peer_arg(a).expect("checked"), p)
-        }
-        (Some("iox"), Some(p)) => iox::peer_main(p).map_err(|e| e.to_string()),
+    let role = args.first().map(String::as_str);
+    let floor = role.and_then(Floor::from_peer_arg);
+    let r: Result<(), String> = match (role, floor, args.get(1)) {
+        (_, Some(f), Some(p)) => floor::peer_main(f, p),
+        (Some("iox"), _, Some(p)) => iox::peer_main(p).map_err(|e| e.to_string()),
         _ => Err(format!("bad peer arguments {args:?}")),
     };
     match r {

@@ -10,6 +10,8 @@
 //!   payload into the peer-visible buffer, chosen at run time, and its `sfence` rule.
 //! - [`queue`]: the poll-mode queue pairs (the posted ring's zero-copy RX, zero-copy
 //!   and copying TX, one publish per burst) and the window layout of a link.
+//! - [`guest`]: a poll-mode virtio device for a Linux guest's own virtio drivers,
+//!   over the guest's shared RAM and a ZHVQ block ([`rings::zhvq`]).
 //! - [`tsc`]: the time-stamp counter as a cheap clock for timing messages.
 //! - [`notify`]: the optional slow path for a side that sleeps: eventfds exchanged
 //!   over a unix socket on one host, doorbell registers on PCI and NTB.
@@ -17,6 +19,7 @@
 
 pub mod control;
 pub mod copy;
+pub mod guest;
 pub mod notify;
 pub mod queue;
 pub mod tsc;

@@ -13,6 +13,8 @@
 //! - [`posted`]: zerohop's posted-write ring: each side polls only its own memory.
 //! - [`spsc`]: a local single-producer single-consumer ring for lcore-to-lcore handoff.
 //! - [`pool`]: a fixed-size buffer pool over a region, buffers addressed by offset.
+//! - [`zhvq`]: the ZHVQ block, a virtio transport in shared memory for a Linux
+//!   guest's own virtio drivers.
 //!
 //! Every half that reads memory a peer writes treats it as hostile (GUIDE.md section 8):
 //! each value is fetched once, validated, then used, and violations are typed
@@ -33,6 +35,7 @@ pub mod posted;
 pub mod split;
 pub mod spsc;
 pub mod sync;
+pub mod zhvq;
 
 pub use chain::{BufDesc, ChainInfo};
 pub use error::{MemError, RingError};

@@ -102,4 +102,8 @@ pub enum RpmsgError {
     /// The link's control plane failed (handshake refused, a malformed peer section).
     #[error(transparent)]
     Control(#[from] rings::control::ControlError),
+    /// A Linux guest's transport ([`crate::guest::GuestLink`]): its files, or registers
+    /// the guest wrote that the device refuses.
+    #[error(transparent)]
+    Guest(#[from] pmd::guest::GuestError),
 }

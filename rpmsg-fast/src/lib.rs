@@ -10,6 +10,8 @@
 //!   a deadline, and the zero-copy calls ([`Rpmsg::get_tx_buffer`] +
 //!   [`Rpmsg::send_nocopy`]; [`Rpmsg::recv`] + [`Rpmsg::release`]).
 //! - [`link`]: [`Link`], a /dev/shm window + queue pair + bus, per ring mode and role.
+//! - [`guest`]: [`guest::GuestLink`], the remote of a Linux guest's own
+//!   `virtio_rpmsg_bus` (its RAM shared, the ZHVQ transport of `rpmsg-fast/linux`).
 //! - [`config`]: links and endpoints from a TOML file.
 //! - [`bench`]: the two-process benchmark's loops (`zerohop rpmsg-bench`).
 //!
@@ -36,6 +38,7 @@ pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guest;
 pub mod link;
 pub mod wire;
 

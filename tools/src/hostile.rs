@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
@@ -533,22 +533,6 @@ fn one_write(
 
 // ---- the victim -----------------------------------------------------------------------
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop(_: libc::c_int) {
-    // Relaxed: a flag the victim loop polls; nothing is published with it.
-    STOP.store(true, Ordering::Relaxed);
-}
-
-fn install_stop() {
-    let h: extern "C" fn(libc::c_int) = on_stop;
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(libc::SIGTERM, h as libc::sighandler_t);
-        libc::signal(libc::SIGINT, h as libc::sighandler_t);
-    }
-}
-
 /// The `--json` object of the victim.
 #[derive(Serialize, Default)]
 struct VictimReport {
@@ -590,7 +574,7 @@ fn variant(e: &QueueError) -> String {
 }
 
 fn victim(a: &HostileArgs) -> Result<String, String> {
-    install_stop();
+    crate::stop::install();
     let spec = parse_spec(&a.window)?;
     let ring = a.ring.unwrap_or(HostileRing::Posted);
     let n = a.ring_size;
@@ -675,7 +659,7 @@ fn victim(a: &HostileArgs) -> Result<String, String> {
         rep.iterations += 1;
         if rep.iterations & 255 == 0 {
             // Relaxed: see on_stop.
-            if STOP.load(Ordering::Relaxed) || end.is_some_and(|e| Instant::now() >= e) {
+            if crate::stop::requested() || end.is_some_and(|e| Instant::now() >= e) {
                 break;
             }
             // The header is hostile too: a torn or garbage header must come out as a

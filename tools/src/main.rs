@@ -10,6 +10,8 @@ mod latency;
 mod pipeline;
 mod report;
 mod rpmsg_bench;
+mod rpmsg_guest;
+mod stop;
 mod testpmd;
 
 use std::path::PathBuf;
@@ -48,6 +50,9 @@ enum Cmd {
     /// RPMsg (rpmsg-fast) between two processes on this host: one-way messages/s and
     /// MB/s, round-trip percentiles, per payload size.
     RpmsgBench(Box<rpmsg_bench::RpmsgBenchArgs>),
+    /// The RPMsg remote of a Linux guest's own virtio_rpmsg_bus (QEMU, shared guest
+    /// RAM): announces services and echoes their messages.
+    RpmsgGuest(rpmsg_guest::RpmsgGuestArgs),
     /// Per-core pipelines from a config file.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCmd),
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
         Some(Cmd::Demo(a)) => run_demo(a),
         Some(Cmd::Report(a)) => report::run(&a),
         Some(Cmd::RpmsgBench(a)) => rpmsg_bench::run(&a),
+        Some(Cmd::RpmsgGuest(a)) => rpmsg_guest::run(&a),
         Some(Cmd::Pipeline(c)) => pipeline::run(&c),
         Some(Cmd::Hostile(a)) => hostile::run(&a),
         Some(Cmd::DemoPeer { window, params }) => {

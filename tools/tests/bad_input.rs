@@ -382,4 +382,33 @@ fn bad_option_values_and_stats_windows() {
     s(&link.to_string_lossy(), "is a symbolic link");
     s("/dev/zero", "not a regular file");
     s("zh-bad-no-such-instance", "no such file");
+
+    // `zerohop rpmsg-guest`: bad settings and a RAM file that exists already are
+    // refused before anything is created (the pre-planted file stays as it was).
+    let ram = format!("{base}-rg-ram");
+    let ctl = format!("{base}-rg-ctl");
+    let _c = Cleanup(vec![ram.clone().into(), ctl.clone().into()]);
+    let g = |extra: &[&str], want: &str| {
+        let mut a = vec![
+            "rpmsg-guest",
+            "--ram",
+            &ram,
+            "--control",
+            &ctl,
+            "--duration",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        fails(&a, 2, want, "zh-bad-none");
+        assert!(!Path::new(&ctl).exists(), "{ctl} left behind");
+    };
+    g(&["--queue-size", "6"], "queue size must be a power of two");
+    g(
+        &["--control-size", "1000"],
+        "control file size must be a power of two",
+    );
+    g(&["--ram-mib", "0"], "--ram-mib");
+    write_mode(Path::new(&ram), &[7u8; 4096], 0o600);
+    g(&[], "exists");
+    assert_eq!(std::fs::read(&ram).expect("planted file"), vec![7u8; 4096]);
 }

@@ -42,6 +42,7 @@ mod virtio_tests;
 
 pub use layout::{PostedLinkLayout, Side, SideAreas};
 pub use posted::{PktHandle, PktReturner, PostedQueuePair, QueueStats, RxArea, RxPkt, TxSlot};
+pub use virtio::VirtioGeometry;
 pub use virtio::{Packed, PktHeader, RingMode, Split, VirtioAreas, VirtioBackend, VirtioFrontend};
 pub use virtio_layout::VirtioLinkLayout;
 

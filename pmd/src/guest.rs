@@ -1,0 +1,505 @@
+//! [`GuestDevice`]: a zerohop poll-mode virtio *device* for a Linux guest's own virtio
+//! drivers, over the guest's RAM (the vhost-user memory model, without vhost-user's
+//! socket: the registers are the [`rings::zhvq`] block in shared memory).
+//!
+//! ```text
+//!  QEMU guest                                      host process (this module)
+//!  RAM  = memory-backend-file,share=on  =========  ram file, mapped whole: guest
+//!         (virtqueues + buffers, by the guest's    physical address = file offset
+//!          virtio driver, e.g. virtio_rpmsg_bus)
+//!  BAR2 = ivshmem-plain (zh_virtio binds) =======  control file: the ZHVQ block
+//! ```
+//!
+//! The device creates both files (exclusively, mode 0600) and writes the block before
+//! the guest boots; the guest's `zh_virtio` driver (rpmsg-fast/linux) registers a
+//! virtio device of the block's id, and once its driver sets DRIVER_OK,
+//! [`GuestDevice::poll`] reports [`GuestEvent::Up`] and [`GuestDevice::areas`] turns
+//! the queue registers into [`VirtioAreas`] for a [`crate::queue::VirtioBackend`].
+//! Queue `2k` is the pair's receive queue (device -> guest: `VirtioAreas::rx_ring`),
+//! `2k + 1` its transmit queue (guest -> device), the virtio-net / rpmsg order.
+//!
+//! Every register is guest-written and checked: the ring must be exactly where
+//! `rings::split::SplitLayout` puts desc/avail/used (the driver creates it with used
+//! alignment 4), lie inside the RAM file, and have the offered size; descriptors are
+//! then checked against the RAM size by the split device half. A bad register is a
+//! typed [`GuestError`]; the device stays down until the guest resets it.
+
+use std::path::{Path, PathBuf};
+
+use rings::split::SplitLayout;
+use rings::zhvq::{self, DeviceInfo, Zhvq};
+use rings::{MemError, Region};
+
+use crate::queue::VirtioAreas;
+use crate::window::{ShmWindow, Window, WindowError};
+
+/// Settings of a [`GuestDevice`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// The file QEMU maps as guest RAM (`-object memory-backend-file,mem-path=...`).
+    pub ram: PathBuf,
+    /// Bytes of guest RAM (QEMU's `-m`; at most 2 GiB so that guest-physical
+    /// addresses are file offsets below the PCI hole).
+    pub ram_size: usize,
+    /// The file behind the guest's ivshmem BAR 2 (the ZHVQ block at offset 0).
+    pub control: PathBuf,
+    /// Bytes of the control file (QEMU wants a power of two; at least 4 KiB).
+    pub control_size: usize,
+    /// What the device offers.
+    pub device_id: u32,
+    /// Offered feature bits.
+    pub features: u64,
+    /// Bits the guest must accept (the device refuses to start otherwise).
+    pub required: u64,
+    /// Queue pairs (two virtqueues each).
+    pub queue_pairs: u16,
+    /// Entries per virtqueue (a power of two).
+    pub queue_size: u16,
+}
+
+/// Largest guest RAM mapped one to one (QEMU's pc/q35 machines put RAM above this
+/// above 4 GiB, where addresses are no longer file offsets).
+pub const MAX_RAM: usize = 2 << 30;
+
+/// What went wrong with the guest or its files.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// Creating or mapping a file.
+    #[error(transparent)]
+    Window(#[from] WindowError),
+    /// A settings value out of range.
+    #[error("guest device: {what} ({value})")]
+    Config {
+        /// What is wrong.
+        what: &'static str,
+        /// The value.
+        value: u64,
+    },
+    /// The control block could not be read or written (a bug: it is checked at
+    /// creation).
+    #[error("guest control block: {0}")]
+    Mem(#[from] MemError),
+    /// The guest accepted features the device did not offer, or refused required ones.
+    #[error("guest accepted features {accepted:#x}: offered {offered:#x}, required {required:#x}")]
+    Features {
+        /// What the guest wrote.
+        accepted: u64,
+        /// What the device offered.
+        offered: u64,
+        /// What the device requires.
+        required: u64,
+    },
+    /// A queue's registers do not describe a usable split ring.
+    #[error("guest queue {queue}: {what} ({value:#x})")]
+    Queue {
+        /// Virtqueue index.
+        queue: usize,
+        /// What is wrong.
+        what: &'static str,
+        /// The offending value.
+        value: u64,
+    },
+}
+
+/// What [`GuestDevice::poll`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestEvent {
+    /// Nothing new.
+    Idle,
+    /// The guest driver set DRIVER_OK with these features: the queues can be opened.
+    Up {
+        /// The negotiated feature bits.
+        features: u64,
+    },
+    /// The guest reset the device (driver unloaded, or it gave up). Drop every queue
+    /// pair over its rings, then call [`GuestDevice::ack_reset`].
+    Reset,
+}
+
+/// The device side of one guest's ZHVQ transport; see the [module docs](self).
+#[derive(Debug)]
+pub struct GuestDevice {
+    ctl: Zhvq<Region>,
+    cfg: GuestConfig,
+    /// The negotiated features while the guest driver is up.
+    up: Option<u64>,
+    /// A reset seen but not acknowledged yet.
+    reset: Option<u32>,
+    /// The guest driver's configuration was refused: wait for its reset.
+    refused: bool,
+    // Field order: the views above drop before the mappings.
+    ram: ShmWindow,
+    control: ShmWindow,
+}
+
+impl GuestDevice {
+    /// Creates the RAM and control files (neither may exist; both are removed when the
+    /// device drops) and writes the ZHVQ block.
+    pub fn create(cfg: &GuestConfig) -> Result<GuestDevice, GuestError> {
+        let qs = cfg.queue_size;
+        let queues = 2 * u32::from(cfg.queue_pairs);
+        if !qs.is_power_of_two() || qs < 2 {
+            return Err(config("queue size must be a power of two >= 2", qs.into()));
+        }
+        if cfg.queue_pairs == 0 || queues as usize > zhvq::MAX_QUEUES {
+            return Err(config("queue pairs must be 1..=4", cfg.queue_pairs.into()));
+        }
+        if cfg.ram_size == 0 || cfg.ram_size > MAX_RAM {
+            return Err(config(
+                "guest RAM must be 1 byte ..= 2 GiB",
+                cfg.ram_size as u64,
+            ));
+        }
+        if cfg.control_size < 4096 || !cfg.control_size.is_power_of_two() {
+            return Err(config(
+                "control file size must be a power of two >= 4096",
+                cfg.control_size as u64,
+            ));
+        }
+        if cfg.required & !cfg.features != 0 {
+            return Err(config("required features not offered", cfg.required));
+        }
+        let control = ShmWindow::create(&cfg.control, cfg.control_size)?;
+        let ram = ShmWindow::create(&cfg.ram, cfg.ram_size)?;
+        let ctl = Zhvq::new(control.region().clone())?;
+        ctl.init(&DeviceInfo {
+            device_id: cfg.device_id,
+            num_queues: queues,
+            queue_size: u32::from(qs),
+            features: cfg.features,
+        })?;
+        Ok(GuestDevice {
+            ctl,
+            cfg: cfg.clone(),
+            up: None,
+            reset: None,
+            refused: false,
+            ram,
+            control,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GuestConfig {
+        &self.cfg
+    }
+
+    /// The two files, RAM first.
+    pub fn paths(&self) -> (&Path, &Path) {
+        (
+            self.ram.path().unwrap_or(&self.cfg.ram),
+            self.control.path().unwrap_or(&self.cfg.control),
+        )
+    }
+
+    /// The negotiated features while the guest driver is up.
+    pub fn features(&self) -> Option<u64> {
+        self.up
+    }
+
+    /// Notifications the guest counted (it never needs to send any: we poll).
+    pub fn kicks(&self) -> Result<u32, GuestError> {
+        Ok(self.ctl.kicks()?)
+    }
+
+    /// Runs the transport once: a few loads of the block (call it every millisecond
+    /// or every few thousand polls). Resets are acknowledged here while no queue is
+    /// up; while one is, [`GuestEvent::Reset`] comes back and the caller acknowledges
+    /// after dropping its queue pairs.
+    pub fn poll(&mut self) -> Result<GuestEvent, GuestError> {
+        self.ctl.beat()?;
+        if let Some(seq) = self.ctl.pending_reset()? {
+            self.refused = false;
+            if self.up.take().is_some() {
+                self.reset = Some(seq);
+                return Ok(GuestEvent::Reset);
+            }
+            if self.reset.is_none() {
+                self.ctl.ack_reset(seq)?;
+            }
+            return Ok(GuestEvent::Idle);
+        }
+        if self.up.is_some() || self.refused || self.reset.is_some() {
+            return Ok(GuestEvent::Idle);
+        }
+        let status = self.ctl.status()?;
+        if status & zhvq::status::FAILED != 0 || status & zhvq::status::DRIVER_OK == 0 {
+            return Ok(GuestEvent::Idle);
+        }
+        let accepted = self.ctl.driver_features()?;
+        if accepted & !self.cfg.features != 0 || accepted & self.cfg.required != self.cfg.required {
+            self.refused = true;
+            return Err(GuestError::Features {
+                accepted,
+                offered: self.cfg.features,
+                required: self.cfg.required,
+            });
+        }
+        for q in 0..2 * usize::from(self.cfg.queue_pairs) {
+            if let Err(e) = self.ring(q) {
+                self.refused = true;
+                return Err(e);
+            }
+        }
+        self.up = Some(accepted);
+        Ok(GuestEvent::Up { features: accepted })
+    }
+
+    /// Acknowledges the reset [`poll`](Self::poll) reported, once no queue pair over
+    /// the guest's rings is left: the guest frees them after this.
+    pub fn ack_reset(&mut self) -> Result<(), GuestError> {
+        if let Some(seq) = self.reset.take() {
+            self.ctl.ack_reset(seq)?;
+        }
+        Ok(())
+    }
+
+    /// The memory of queue pair `pair` while the guest is up: its two rings (checked)
+    /// and all of guest RAM as the data area (descriptor addresses are guest-physical,
+    /// so file offsets).
+    pub fn areas(&self, pair: u16) -> Result<VirtioAreas<Region>, GuestError> {
+        if self.up.is_none() {
+            return Err(config("the guest driver is not up", 0));
+        }
+        if pair >= self.cfg.queue_pairs {
+            return Err(config("no such queue pair", pair.into()));
+        }
+        let q = 2 * usize::from(pair);
+        Ok(VirtioAreas {
+            rx_ring: self.ring(q)?,
+            tx_ring: self.ring(q + 1)?,
+            data: self.ram.region().clone(),
+        })
+    }
+
+    /// Queue `q`'s ring region, checked against the split layout and the RAM size.
+    fn ring(&self, q: usize) -> Result<Region, GuestError> {
+        let regs = self.ctl.queue(q)?;
+        let bad = |what, value| GuestError::Queue {
+            queue: q,
+            what,
+            value,
+        };
+        if !regs.ready {
+            return Err(bad("not set up", 0));
+        }
+        if regs.num != u32::from(self.cfg.queue_size) {
+            return Err(bad("size differs from the offered one", regs.num.into()));
+        }
+        let layout = SplitLayout::new(self.cfg.queue_size).map_err(|_| {
+            bad("size has no split layout", regs.num.into()) // checked at create
+        })?;
+        if regs.desc % 16 != 0 {
+            return Err(bad("descriptor table not 16-byte aligned", regs.desc));
+        }
+        let at = |o: usize| regs.desc.checked_add(o as u64);
+        if at(layout.avail_offset()) != Some(regs.avail) {
+            return Err(bad(
+                "avail ring not right after the descriptors",
+                regs.avail,
+            ));
+        }
+        if at(layout.used_offset()) != Some(regs.used) {
+            return Err(bad(
+                "used ring not where used alignment 4 puts it",
+                regs.used,
+            ));
+        }
+        let start = usize::try_from(regs.desc).map_err(|_| bad("beyond RAM", regs.desc))?;
+        self.ram
+            .region()
+            .sub(start, layout.size())
+            .map_err(|_| bad("ring beyond guest RAM", regs.desc))
+    }
+}
+
+fn config(what: &'static str, value: u64) -> GuestError {
+    GuestError::Config { what, value }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rings::sync::Ordering;
+    use rings::zhvq::off;
+    use rings::Mem;
+
+    fn cfg(tag: &str) -> GuestConfig {
+        let pid = std::process::id();
+        GuestConfig {
+            ram: format!("/dev/shm/zerohop-test-guest-ram-{tag}-{pid}").into(),
+            ram_size: 1 << 20,
+            control: format!("/dev/shm/zerohop-test-guest-ctl-{tag}-{pid}").into(),
+            control_size: 4096,
+            device_id: 7,
+            features: (1 << 32) | (1 << 29) | 1,
+            required: 1 << 29,
+            queue_pairs: 1,
+            queue_size: 8,
+        }
+    }
+
+    /// What zh_virtio.c does in find_vqs + set_status(DRIVER_OK).
+    fn guest_up(ctl: &Region, features: u64, rings: &[u64]) {
+        ctl.store_u64(off::DRIVER_FEATURES, features, Ordering::Relaxed)
+            .unwrap();
+        let l = SplitLayout::new(8).unwrap();
+        for (i, &desc) in rings.iter().enumerate() {
+            let b = off::QUEUES + 32 * i;
+            ctl.store_u64(b, desc, Ordering::Relaxed).unwrap();
+            ctl.store_u64(
+                b + 8,
+                desc.wrapping_add(l.avail_offset() as u64),
+                Ordering::Relaxed,
+            )
+            .unwrap();
+            ctl.store_u64(
+                b + 16,
+                desc.wrapping_add(l.used_offset() as u64),
+                Ordering::Relaxed,
+            )
+            .unwrap();
+            ctl.store_u32(b + 24, 8, Ordering::Relaxed).unwrap();
+            ctl.store_u32(b + 28, 1, Ordering::Release).unwrap();
+        }
+        ctl.store_u32(off::STATUS, 0xf, Ordering::Release).unwrap();
+    }
+
+    fn reset(ctl: &Region, seq: u32) {
+        ctl.store_u32(off::RESET_SEQ, seq, Ordering::Release)
+            .unwrap();
+        ctl.store_u32(off::STATUS, 0, Ordering::Release).unwrap();
+    }
+
+    #[test]
+    fn up_reset_and_up_again() {
+        let c = cfg("cycle");
+        let mut d = GuestDevice::create(&c).unwrap();
+        let ctl = ShmWindow::open(&c.control, &crate::window::OpenOptions::new()).unwrap();
+        let ctl = ctl.region().clone();
+        assert_eq!(ctl.load_u32(0, Ordering::Acquire).unwrap(), zhvq::MAGIC);
+        assert_eq!(d.poll().unwrap(), GuestEvent::Idle);
+        assert!(d.areas(0).is_err());
+
+        // A reset before any driver is up (zh_virtio's probe) is acknowledged at once.
+        reset(&ctl, 1);
+        assert_eq!(d.poll().unwrap(), GuestEvent::Idle);
+        assert_eq!(ctl.load_u32(off::RESET_ACK, Ordering::Acquire).unwrap(), 1);
+
+        guest_up(&ctl, (1 << 32) | (1 << 29) | 1, &[0x1000, 0x2000]);
+        assert_eq!(
+            d.poll().unwrap(),
+            GuestEvent::Up {
+                features: (1 << 32) | (1 << 29) | 1
+            }
+        );
+        let a = d.areas(0).unwrap();
+        assert_eq!(a.data.len(), 1 << 20);
+        assert_eq!(a.rx_ring.len(), SplitLayout::new(8).unwrap().size());
+        assert!(d.areas(1).is_err());
+
+        // A reset while up: reported, acknowledged only when the caller says so.
+        reset(&ctl, 2);
+        assert_eq!(d.poll().unwrap(), GuestEvent::Reset);
+        assert_eq!(d.poll().unwrap(), GuestEvent::Idle);
+        assert_eq!(ctl.load_u32(off::RESET_ACK, Ordering::Acquire).unwrap(), 1);
+        drop(a);
+        d.ack_reset().unwrap();
+        assert_eq!(ctl.load_u32(off::RESET_ACK, Ordering::Acquire).unwrap(), 2);
+
+        guest_up(&ctl, (1 << 32) | (1 << 29), &[0x3000, 0x4000]);
+        assert!(matches!(d.poll().unwrap(), GuestEvent::Up { .. }));
+        drop(d);
+        assert!(!c.ram.exists() && !c.control.exists());
+    }
+
+    #[test]
+    fn bad_registers_are_refused_until_a_reset() {
+        let c = cfg("bad");
+        let mut d = GuestDevice::create(&c).unwrap();
+        let ctl = ShmWindow::open(&c.control, &crate::window::OpenOptions::new()).unwrap();
+        let ctl = ctl.region().clone();
+        let l = SplitLayout::new(8).unwrap();
+
+        // Features: not offered, then required one missing.
+        guest_up(&ctl, 1 << 40, &[0x1000, 0x2000]);
+        assert!(matches!(d.poll(), Err(GuestError::Features { .. })));
+        assert_eq!(d.poll().unwrap(), GuestEvent::Idle, "refused until reset");
+        let cases: [(u64, &[u64]); 4] = [
+            (1 << 29, &[0x1008, 0x2000]),         // misaligned
+            (1 << 29, &[0x1000, (1 << 20) - 64]), // past the end of RAM
+            (1 << 29, &[0x1000, u64::MAX - 15]),  // address overflow
+            (1, &[0x1000, 0x2000]),               // EVENT_IDX refused
+        ];
+        for (seq, (features, rings)) in (1u32..).zip(cases) {
+            reset(&ctl, seq);
+            assert_eq!(d.poll().unwrap(), GuestEvent::Idle);
+            guest_up(&ctl, features, rings);
+            let e = d.poll().unwrap_err();
+            assert!(
+                matches!(e, GuestError::Queue { .. } | GuestError::Features { .. }),
+                "{e}"
+            );
+        }
+        // Avail ring moved, size changed.
+        reset(&ctl, 10);
+        d.poll().unwrap();
+        guest_up(&ctl, 1 << 29, &[0x1000, 0x2000]);
+        ctl.store_u64(
+            off::QUEUES + 8,
+            0x1000 + l.avail_offset() as u64 + 64,
+            Ordering::Relaxed,
+        )
+        .unwrap();
+        assert!(matches!(d.poll(), Err(GuestError::Queue { queue: 0, .. })));
+        reset(&ctl, 11);
+        d.poll().unwrap();
+        guest_up(&ctl, 1 << 29, &[0x1000, 0x2000]);
+        ctl.store_u32(off::QUEUES + 32 + 24, 16, Ordering::Relaxed)
+            .unwrap();
+        assert!(matches!(d.poll(), Err(GuestError::Queue { queue: 1, .. })));
+        // And a good one after all that.
+        reset(&ctl, 12);
+        d.poll().unwrap();
+        guest_up(&ctl, 1 << 29, &[0x1000, 0x2000]);
+        assert!(matches!(d.poll().unwrap(), GuestEvent::Up { .. }));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_before_any_file_exists() {
+        let base = cfg("settings");
+        let bad = [
+            GuestConfig {
+                queue_size: 6,
+                ..base.clone()
+            },
+            GuestConfig {
+                queue_pairs: 0,
+                ..base.clone()
+            },
+            GuestConfig {
+                queue_pairs: 5,
+                ..base.clone()
+            },
+            GuestConfig {
+                ram_size: MAX_RAM + 1,
+                ..base.clone()
+            },
+            GuestConfig {
+                control_size: 1000,
+                ..base.clone()
+            },
+            GuestConfig {
+                required: 1 << 50,
+                ..base.clone()
+            },
+        ];
+        for c in bad {
+            assert!(matches!(
+                GuestDevice::create(&c),
+                Err(GuestError::Config { .. })
+            ));
+            assert!(!c.ram.exists() && !c.control.exists());
+        }
+    }
+}

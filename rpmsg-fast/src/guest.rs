@@ -1,0 +1,392 @@
+//! [`GuestLink`]: rpmsg-fast as the *remote* of a Linux guest's own
+//! `virtio_rpmsg_bus`: the guest's kernel owns the virtqueues and buffers in its RAM
+//! (exactly as with a remote processor), this process is the virtio rpmsg device over
+//! [`pmd::guest::GuestDevice`], and the name service, endpoints and messages are the
+//! bus's own ([`Rpmsg`]).
+//!
+//! The guest needs the modules Debian's kernel lacks (rpmsg_core, rpmsg_ns,
+//! virtio_rpmsg_bus, rpmsg_char) and the `zh_virtio` transport of `rpmsg-fast/linux`;
+//! `.ci/rpmsg-linux` builds them and runs a guest against `zerohop rpmsg-guest`.
+//! docs/RPMSG.md "A Linux peer" has the commands.
+//!
+//! ```no_run
+//! use rpmsg_fast::guest::{GuestLink, GuestLinkConfig};
+//! use rpmsg_fast::Addr;
+//! # fn main() -> Result<(), rpmsg_fast::RpmsgError> {
+//! let mut link = GuestLink::create(&GuestLinkConfig::new("/dev/shm/vm-ram", 256 << 20, "/dev/shm/vm-ctl"))?;
+//! loop {
+//!     link.poll_control()?;
+//!     let Some(bus) = link.bus() else { continue };
+//!     // (create endpoints and announce them after each GuestEvent::Up)
+//!     bus.poll()?;
+//! }
+//! # }
+//! ```
+
+use std::path::PathBuf;
+
+use pmd::copy::CopyEngine;
+use pmd::guest::{GuestConfig, GuestDevice, GuestEvent};
+use pmd::queue::{PktHeader, Split, VirtioBackend, VirtioGeometry};
+use rings::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1};
+use rings::Region;
+
+use crate::bus::{BusConfig, BusStats, Rpmsg};
+use crate::error::RpmsgError;
+use crate::link::VIRTIO_ID_RPMSG;
+use crate::wire::DEFAULT_BUF_SIZE;
+
+/// The queue pair under a [`GuestLink`]'s bus: the device half of the guest's split
+/// virtqueues.
+pub type GuestQueue = VirtioBackend<Split, Region, CopyEngine>;
+
+/// Settings of a [`GuestLink`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestLinkConfig {
+    /// The guest RAM file (QEMU `memory-backend-file,mem-path=...,share=on`).
+    pub ram: PathBuf,
+    /// Bytes of guest RAM (QEMU `-m`).
+    pub ram_size: usize,
+    /// The ivshmem file (QEMU `ivshmem-plain` memdev).
+    pub control: PathBuf,
+    /// Bytes of the ivshmem file (a power of two >= 4096; default 4096).
+    pub control_size: usize,
+    /// Entries per virtqueue (virtio_rpmsg_bus posts `min(2 * size, 512)` buffers, half
+    /// each way; default 256).
+    pub queue_size: u16,
+    /// The bus (its buffer sizes must stay 512: virtio_rpmsg_bus' fixed size).
+    pub bus: BusConfig,
+}
+
+impl GuestLinkConfig {
+    /// Defaults for the three files' settings.
+    pub fn new(ram: impl Into<PathBuf>, ram_size: usize, control: impl Into<PathBuf>) -> Self {
+        GuestLinkConfig {
+            ram: ram.into(),
+            ram_size,
+            control: control.into(),
+            control_size: 4096,
+            queue_size: 256,
+            bus: BusConfig::default(),
+        }
+    }
+}
+
+/// One guest's rpmsg device; see the [module docs](self).
+pub struct GuestLink {
+    /// The bus while the guest driver is up (dropped before the reset is acknowledged).
+    bus: Option<Rpmsg<GuestQueue>>,
+    dev: GuestDevice,
+    cfg: GuestLinkConfig,
+    ups: u64,
+    /// Counters of the buses dropped at earlier resets.
+    past: BusStats,
+}
+
+impl GuestLink {
+    /// Creates the guest's RAM and control files and offers an rpmsg device
+    /// (`VIRTIO_F_VERSION_1 | VIRTIO_F_EVENT_IDX` and the bus's feature bits; event
+    /// index is required, it is how the device half suppresses notifications).
+    pub fn create(cfg: &GuestLinkConfig) -> Result<GuestLink, RpmsgError> {
+        if cfg.bus.tx_buf_size != DEFAULT_BUF_SIZE || cfg.bus.rx_buf_size != DEFAULT_BUF_SIZE {
+            return Err(RpmsgError::Config(format!(
+                "virtio_rpmsg_bus uses {DEFAULT_BUF_SIZE}-byte buffers (asked for {} / {})",
+                cfg.bus.tx_buf_size, cfg.bus.rx_buf_size
+            )));
+        }
+        let dev = GuestDevice::create(&GuestConfig {
+            ram: cfg.ram.clone(),
+            ram_size: cfg.ram_size,
+            control: cfg.control.clone(),
+            control_size: cfg.control_size,
+            device_id: VIRTIO_ID_RPMSG,
+            features: cfg.bus.features | VIRTIO_F_VERSION_1 | VIRTIO_F_EVENT_IDX,
+            required: VIRTIO_F_EVENT_IDX,
+            queue_pairs: 1,
+            queue_size: cfg.queue_size,
+        })?;
+        Ok(GuestLink {
+            bus: None,
+            dev,
+            cfg: cfg.clone(),
+            ups: 0,
+            past: BusStats::default(),
+        })
+    }
+
+    /// Runs the transport once (call it every millisecond or few thousand polls). On
+    /// [`GuestEvent::Up`] a fresh bus exists ([`bus`](Self::bus)): create and announce
+    /// endpoints then. On [`GuestEvent::Reset`] the bus is gone (with its endpoints)
+    /// and the guest may free its rings.
+    pub fn poll_control(&mut self) -> Result<GuestEvent, RpmsgError> {
+        let ev = self.dev.poll()?;
+        match ev {
+            GuestEvent::Up { features } => {
+                let areas = self.dev.areas(0)?;
+                let geo = VirtioGeometry::new(self.cfg.queue_size, DEFAULT_BUF_SIZE as u32)?
+                    .with_header(PktHeader::None);
+                let q = VirtioBackend::new(areas, geo, 0, *CopyEngine::global())?;
+                let mut bus = Rpmsg::new(q, self.cfg.bus.clone())?;
+                bus.set_peer_up(features);
+                self.bus = Some(bus);
+                self.ups += 1;
+            }
+            GuestEvent::Reset => {
+                if let Some(bus) = self.bus.take() {
+                    self.past = add(self.past, bus.stats());
+                }
+                self.dev.ack_reset()?;
+            }
+            GuestEvent::Idle => {}
+        }
+        Ok(ev)
+    }
+
+    /// The bus, while the guest driver is up.
+    pub fn bus(&mut self) -> Option<&mut Rpmsg<GuestQueue>> {
+        self.bus.as_mut()
+    }
+
+    /// The bus counters summed over every time the guest was up.
+    pub fn bus_stats(&self) -> BusStats {
+        self.bus
+            .as_ref()
+            .map_or(self.past, |b| add(self.past, b.stats()))
+    }
+
+    /// How many times the guest driver came up.
+    pub fn ups(&self) -> u64 {
+        self.ups
+    }
+
+    /// The transport (files, negotiated features, kicks).
+    pub fn device(&self) -> &GuestDevice {
+        &self.dev
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GuestLinkConfig {
+        &self.cfg
+    }
+}
+
+impl core::fmt::Debug for GuestLink {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GuestLink")
+            .field("device", &self.dev)
+            .field("up", &self.bus.is_some())
+            .field("ups", &self.ups)
+            .finish()
+    }
+}
+
+fn add(a: BusStats, b: BusStats) -> BusStats {
+    BusStats {
+        rx: a.rx + b.rx,
+        tx: a.tx + b.tx,
+        bad_header: a.bad_header + b.bad_header,
+        unknown_dst: a.unknown_dst + b.unknown_dst,
+        dropped_full: a.dropped_full + b.dropped_full,
+        ns_rx: a.ns_rx + b.ns_rx,
+        ns_errors: a.ns_errors + b.ns_errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A guest emulated with the driver half of `rings::split`, laid out as Linux'
+    //! `virtio_rpmsg_bus` lays out its buffers (512 bytes, `rpmsg_hdr` first), and the
+    //! ZHVQ registers written as `zh_virtio.c` writes them. `.ci/rpmsg-linux` runs the
+    //! real thing.
+    use super::*;
+    use crate::wire::{NsMsg, RpmsgHdr, HDR_SIZE, NS_ADDR, NS_MSG_SIZE};
+    use crate::Addr;
+    use pmd::window::{OpenOptions, ShmWindow, Window};
+    use rings::split::{SplitDriver, SplitLayout};
+    use rings::sync::Ordering;
+    use rings::zhvq::off;
+    use rings::{BufDesc, Mem};
+
+    const RX_RING: u64 = 0x1000;
+    const TX_RING: u64 = 0x2000;
+    const RX_BUFS: u64 = 0x10000;
+    const TX_BUFS: u64 = 0x20000;
+
+    struct Guest {
+        rx: SplitDriver<Region, Region>,
+        tx: SplitDriver<Region, Region>,
+        ram: Region,
+        ctl: Region,
+        _w: (ShmWindow, ShmWindow),
+    }
+
+    impl Guest {
+        /// zh_virtio's probe (a reset), virtio_rpmsg_bus' probe (8 receive buffers),
+        /// then DRIVER_OK.
+        fn boot(cfg: &GuestLinkConfig, reset_seq: u32) -> Guest {
+            let ram_w = ShmWindow::open(&cfg.ram, &OpenOptions::new()).unwrap();
+            let ctl_w = ShmWindow::open(&cfg.control, &OpenOptions::new()).unwrap();
+            let (ram, ctl) = (ram_w.region().clone(), ctl_w.region().clone());
+            assert_eq!(
+                ctl.load_u32(0, Ordering::Acquire).unwrap(),
+                rings::zhvq::MAGIC
+            );
+            ctl.store_u32(off::RESET_SEQ, reset_seq, Ordering::Release)
+                .unwrap();
+            let l = SplitLayout::new(cfg.queue_size).unwrap();
+            let f = VIRTIO_F_EVENT_IDX | VIRTIO_F_VERSION_1 | 1;
+            let ring = |at: u64| ram.sub(at as usize, l.size()).unwrap();
+            let mut rx = SplitDriver::new(ring(RX_RING), l, ram.clone(), f).unwrap();
+            let tx = SplitDriver::new(ring(TX_RING), l, ram.clone(), f).unwrap();
+            for i in 0..u64::from(cfg.queue_size) {
+                rx.add(&[BufDesc::writable(RX_BUFS + 512 * i, 512)])
+                    .unwrap();
+            }
+            rx.publish().unwrap();
+            ctl.store_u64(off::DRIVER_FEATURES, f, Ordering::Relaxed)
+                .unwrap();
+            for (q, at) in [RX_RING, TX_RING].into_iter().enumerate() {
+                let b = off::QUEUES + 32 * q;
+                ctl.store_u64(b, at, Ordering::Relaxed).unwrap();
+                ctl.store_u64(b + 8, at + l.avail_offset() as u64, Ordering::Relaxed)
+                    .unwrap();
+                ctl.store_u64(b + 16, at + l.used_offset() as u64, Ordering::Relaxed)
+                    .unwrap();
+                ctl.store_u32(b + 24, cfg.queue_size.into(), Ordering::Relaxed)
+                    .unwrap();
+                ctl.store_u32(b + 28, 1, Ordering::Release).unwrap();
+            }
+            ctl.store_u32(off::STATUS, 0xf, Ordering::Release).unwrap();
+            Guest {
+                rx,
+                tx,
+                ram,
+                ctl,
+                _w: (ram_w, ctl_w),
+            }
+        }
+
+        /// The next message the device wrote, and its buffer given back.
+        fn recv(&mut self) -> Option<(RpmsgHdr, Vec<u8>)> {
+            let u = self.rx.poll_used().unwrap()?;
+            let at = RX_BUFS + 512 * u64::from(u.id);
+            let mut b = vec![0u8; u.len as usize];
+            self.ram.read_bytes(at as usize, &mut b).unwrap();
+            let h = RpmsgHdr::parse(&b, 512).unwrap();
+            self.rx.add(&[BufDesc::writable(at, 512)]).unwrap();
+            self.rx.publish().unwrap();
+            Some((h, b[HDR_SIZE..HDR_SIZE + h.len as usize].to_vec()))
+        }
+
+        fn send(&mut self, slot: u64, src: u32, dst: u32, data: &[u8]) {
+            let at = TX_BUFS + 512 * slot;
+            let h = RpmsgHdr::new(src, dst, data.len() as u16);
+            self.ram.write_bytes(at as usize, &h.to_bytes()).unwrap();
+            self.ram.write_bytes(at as usize + HDR_SIZE, data).unwrap();
+            let len = (HDR_SIZE + data.len()) as u32;
+            self.tx.add(&[BufDesc::readable(at, len)]).unwrap();
+            self.tx.publish().unwrap();
+        }
+
+        /// zh_virtio's reset: bump the sequence, status 0, wait for the ack.
+        fn reset(&self, seq: u32, link: &mut GuestLink) -> GuestEvent {
+            self.ctl
+                .store_u32(off::RESET_SEQ, seq, Ordering::Release)
+                .unwrap();
+            self.ctl
+                .store_u32(off::STATUS, 0, Ordering::Release)
+                .unwrap();
+            let ev = link.poll_control().unwrap();
+            assert_eq!(
+                self.ctl
+                    .load_u32(off::RESET_ACK, Ordering::Acquire)
+                    .unwrap(),
+                seq
+            );
+            ev
+        }
+    }
+
+    fn up(link: &mut GuestLink) -> u64 {
+        for _ in 0..4 {
+            if let GuestEvent::Up { features } = link.poll_control().unwrap() {
+                return features;
+            }
+        }
+        panic!("the guest did not come up");
+    }
+
+    #[test]
+    fn a_guest_driver_sees_announcements_and_echoes() {
+        let pid = std::process::id();
+        let mut cfg = GuestLinkConfig::new(
+            format!("/dev/shm/zerohop-test-rg-ram-{pid}"),
+            1 << 20,
+            format!("/dev/shm/zerohop-test-rg-ctl-{pid}"),
+        );
+        cfg.queue_size = 8;
+        let mut link = GuestLink::create(&cfg).unwrap();
+        assert!(link.bus().is_none());
+
+        for round in 1..=2u32 {
+            let mut g = Guest::boot(&cfg, 2 * round - 1);
+            assert_eq!(up(&mut link), VIRTIO_F_EVENT_IDX | VIRTIO_F_VERSION_1 | 1);
+            let bus = link.bus().unwrap();
+            let ep = bus
+                .create_endpoint(Some("rpmsg-raw"), Addr::Dynamic)
+                .unwrap();
+            bus.announce(ep).unwrap();
+            let addr = bus.addr(ep).unwrap();
+
+            // The announcement, as virtio_rpmsg_bus' rpmsg_ns_cb parses it.
+            let (h, ns) = g.recv().expect("announcement");
+            assert_eq!((h.src, h.dst, h.len as usize), (addr, NS_ADDR, NS_MSG_SIZE));
+            let ns = NsMsg::parse(&ns).unwrap();
+            assert_eq!((ns.addr, ns.flags), (addr, 0));
+            assert_eq!(&ns.name[..10], b"rpmsg-raw\0");
+
+            // Every size up to 496, echoed back to the sender.
+            for (i, size) in [1usize, 64, 200, 496].into_iter().enumerate() {
+                let data: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+                g.send(i as u64, 0x400 + round, addr, &data);
+                let bus = link.bus().unwrap();
+                bus.poll().unwrap();
+                let m = bus.try_recv(ep).unwrap().expect("message");
+                assert_eq!((m.src(), bus.payload(&m)), (0x400 + round, &data[..]));
+                let src = m.src();
+                bus.release(m).unwrap();
+                bus.send(ep, src, &data).unwrap();
+                let (h, back) = g.recv().expect("echo");
+                assert_eq!((h.src, h.dst, back), (addr, src, data));
+                // Released buffers go back with the next poll's batch.
+                link.bus().unwrap().poll().unwrap();
+                assert_eq!(g.tx.poll_used().unwrap().map(|u| u.id), Some(i as u16));
+            }
+            // Too long for the 512-byte buffer: refused, nothing written.
+            let bus = link.bus().unwrap();
+            assert!(bus.send(ep, 0x400, &[0u8; 497]).is_err());
+            assert!(g.recv().is_none());
+
+            // The driver unloads: the bus goes, the reset is acknowledged.
+            assert_eq!(g.reset(2 * round, &mut link), GuestEvent::Reset);
+            assert!(link.bus().is_none());
+        }
+        let s = link.bus_stats();
+        assert_eq!((s.rx, s.tx), (8, 10));
+        assert_eq!(s.bad_header + s.unknown_dst + s.dropped_full, 0);
+        assert_eq!(link.ups(), 2);
+        drop(link);
+        assert!(!cfg.ram.exists() && !cfg.control.exists());
+    }
+
+    #[test]
+    fn only_512_byte_buffers() {
+        let mut cfg = GuestLinkConfig::new("/dev/shm/unused-ram", 1 << 20, "/dev/shm/unused-ctl");
+        cfg.bus.tx_buf_size = 1024;
+        assert!(matches!(
+            GuestLink::create(&cfg),
+            Err(RpmsgError::Config(_))
+        ));
+        assert!(!cfg.ram.exists());
+    }
+}

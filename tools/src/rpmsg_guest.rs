@@ -1,0 +1,295 @@
+//! `zerohop rpmsg-guest`: the RPMsg remote of a Linux guest's own `virtio_rpmsg_bus`
+//! (rpmsg-fast's `GuestLink`): creates the guest's RAM file and the ZHVQ control file,
+//! waits for the guest's `zh_virtio` driver, then announces each `--service` through
+//! the name service and echoes every message back to its sender, from the service's
+//! endpoint. A guest reset (its driver unloaded) drops the bus; the next DRIVER_OK
+//! brings it back and the services are announced again.
+//!
+//! ```text
+//!  zerohop rpmsg-guest --ram R --control C        qemu ... -object memory-backend-file,
+//!    creates R (guest RAM) and C (ZHVQ block)         id=ram,mem-path=R,size=256M,share=on
+//!    "ready" on stderr                                -machine memory-backend=ram
+//!    Up: announce services  ───── NS ─────►           -object memory-backend-file,id=c,
+//!    echo every message     ◄──── msgs ───►             mem-path=C,size=4K,share=on
+//!  SIGTERM / --duration: report (--json)              -device ivshmem-plain,memdev=c
+//! ```
+//!
+//! `.ci/rpmsg-linux` runs it against a guest with the rpmsg sample client and
+//! rpmsg_char; docs/RPMSG.md "A Linux peer" has the commands by hand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use pmd::guest::GuestEvent;
+use rpmsg_fast::guest::{GuestLink, GuestLinkConfig};
+use rpmsg_fast::{Addr, EndpointId, RpmsgError};
+use serde::Serialize;
+
+use crate::demo::PollMode;
+
+/// Arguments of `zerohop rpmsg-guest`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example (then start QEMU with the two files, see the module docs):
+  zerohop rpmsg-guest --ram /dev/shm/vm-ram --control /dev/shm/vm-ctl --json"
+)]
+pub struct RpmsgGuestArgs {
+    /// Guest RAM file to create (QEMU: memory-backend-file,mem-path=FILE,share=on).
+    #[arg(long)]
+    ram: PathBuf,
+    /// Guest RAM in MiB (QEMU's -m; at most 2048).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=2048))]
+    ram_mib: u32,
+    /// Control file to create (QEMU: the memdev of an ivshmem-plain device).
+    #[arg(long)]
+    control: PathBuf,
+    /// Bytes of the control file (a power of two >= 4096).
+    #[arg(long, default_value_t = 4096)]
+    control_size: usize,
+    /// Entries per virtqueue (a power of two).
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+    /// A service to announce, with an echo endpoint behind it (repeatable).
+    #[arg(long = "service", default_values_t = ["rpmsg-client-sample".to_string(), "rpmsg-raw".to_string()])]
+    services: Vec<String>,
+    /// Stop after this many seconds (0: at SIGTERM / SIGINT).
+    #[arg(long, default_value_t = 0.0)]
+    duration: f64,
+    /// How an idle loop waits (yield leaves the core to QEMU).
+    #[arg(long, value_enum, default_value = "yield")]
+    poll: PollMode,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One announced service's counters.
+#[derive(Serialize, Debug, Default, Clone)]
+struct ServiceReport {
+    name: String,
+    /// Our address (the latest, if the guest came up more than once).
+    addr: u32,
+    /// Messages received (and echoed unless `echo_failed` counts them).
+    messages: u64,
+    bytes: u64,
+    echo_failed: u64,
+}
+
+/// The `--json` object.
+#[derive(Serialize, Debug, Default)]
+struct Report {
+    duration_s: f64,
+    /// Times the guest's driver came up (DRIVER_OK) / reset.
+    ups: u64,
+    resets: u64,
+    /// Negotiated feature bits at the last Up.
+    features: u64,
+    services: Vec<ServiceReport>,
+    /// The bus's counters, summed over every Up.
+    bus: BusCounters,
+    /// Errors from the transport or the bus (each also printed to stderr).
+    errors: u64,
+    /// Notifications the guest counted (it needs none: both sides poll).
+    guest_kicks: u32,
+}
+
+/// `rpmsg_fast::BusStats`, for the report.
+#[derive(Serialize, Debug, Default)]
+struct BusCounters {
+    rx: u64,
+    tx: u64,
+    bad_header: u64,
+    unknown_dst: u64,
+    dropped_full: u64,
+    ns_rx: u64,
+    ns_errors: u64,
+}
+
+/// Checks the transport every this many loop iterations.
+const CONTROL_EVERY: u32 = 256;
+
+pub fn run(a: &RpmsgGuestArgs) -> ExitCode {
+    let mut cfg = GuestLinkConfig::new(&a.ram, a.ram_mib as usize * (1 << 20), &a.control);
+    cfg.control_size = a.control_size;
+    cfg.queue_size = a.queue_size;
+    // Every message the guest sends holds one of its `queue_size` transmit buffers
+    // until we release it: a queue that deep never drops an echo.
+    cfg.bus.rx_queue_depth = usize::from(a.queue_size);
+    // Bad settings and files that exist already: refused before anything runs.
+    let link = match GuestLink::create(&cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("zerohop rpmsg-guest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(a, link) {
+        Ok(r) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("report serialises")
+                );
+            } else {
+                print_human(&r);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zerohop rpmsg-guest: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(a: &RpmsgGuestArgs, mut link: GuestLink) -> Result<Report, RpmsgError> {
+    crate::stop::install();
+    eprintln!(
+        "zerohop rpmsg-guest: ready: guest RAM {} ({} MiB), control {}; waiting for the guest's zh_virtio driver",
+        a.ram.display(),
+        a.ram_mib,
+        a.control.display()
+    );
+    let start = Instant::now();
+    let end = (a.duration > 0.0).then(|| start + Duration::from_secs_f64(a.duration));
+    let mut r = Report {
+        services: a
+            .services
+            .iter()
+            .map(|n| ServiceReport {
+                name: n.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut eps: Vec<EndpointId> = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut tick = 0u32;
+    let mut empty = 0u32;
+    let mut broken_reported = false;
+    while !crate::stop::requested() && end.is_none_or(|e| Instant::now() < e) {
+        tick = tick.wrapping_add(1);
+        if tick.is_multiple_of(CONTROL_EVERY) || link.bus().is_none() {
+            match link.poll_control() {
+                Ok(GuestEvent::Up { features }) => {
+                    r.ups += 1;
+                    r.features = features;
+                    broken_reported = false;
+                    eps = announce(&mut link, &mut r)?;
+                }
+                Ok(GuestEvent::Reset) => {
+                    r.resets += 1;
+                    eps.clear();
+                    eprintln!("zerohop rpmsg-guest: guest reset the device; waiting for it again");
+                }
+                Ok(GuestEvent::Idle) => {}
+                Err(e) => {
+                    r.errors += 1;
+                    eprintln!("zerohop rpmsg-guest: {e} (waiting for the guest to reset)");
+                }
+            }
+        }
+        let Some(bus) = link.bus() else {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        let mut busy = match bus.poll() {
+            Ok(n) => n > 0,
+            Err(e) => {
+                // A ring violation breaks the queue until the guest resets it; say so once.
+                if !broken_reported {
+                    r.errors += 1;
+                    broken_reported = true;
+                    eprintln!("zerohop rpmsg-guest: {e} (waiting for the guest to reset)");
+                }
+                false
+            }
+        };
+        for (i, &ep) in eps.iter().enumerate() {
+            while let Some(m) = bus.try_recv(ep)? {
+                busy = true;
+                let (src, n) = {
+                    let p = bus.payload(&m);
+                    let n = p.len().min(buf.len());
+                    buf[..n].copy_from_slice(&p[..n]);
+                    (m.src(), n)
+                };
+                bus.release(m)?;
+                let s = &mut r.services[i];
+                s.messages += 1;
+                s.bytes += n as u64;
+                if let Err(e) =
+                    bus.send_deadline(ep, src, &buf[..n], Instant::now() + Duration::from_secs(1))
+                {
+                    if s.echo_failed == 0 {
+                        eprintln!("zerohop rpmsg-guest: echo to {src} failed: {e}");
+                    }
+                    s.echo_failed += 1;
+                }
+            }
+        }
+        if busy {
+            empty = 0;
+        } else {
+            empty += 1;
+            match a.poll {
+                PollMode::Spin => core::hint::spin_loop(),
+                PollMode::Yield if empty > 64 => std::thread::yield_now(),
+                PollMode::Yield => {}
+            }
+        }
+    }
+    {
+        let b = link.bus_stats();
+        r.bus = BusCounters {
+            rx: b.rx,
+            tx: b.tx,
+            bad_header: b.bad_header,
+            unknown_dst: b.unknown_dst,
+            dropped_full: b.dropped_full,
+            ns_rx: b.ns_rx,
+            ns_errors: b.ns_errors,
+        };
+    }
+    r.guest_kicks = link.device().kicks().unwrap_or(0);
+    r.duration_s = start.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// Creates one echo endpoint per service on the fresh bus and announces it.
+fn announce(link: &mut GuestLink, r: &mut Report) -> Result<Vec<EndpointId>, RpmsgError> {
+    let bus = link.bus().ok_or(RpmsgError::PeerLost)?;
+    let mut eps = Vec::with_capacity(r.services.len());
+    for s in r.services.iter_mut() {
+        let ep = bus.create_endpoint(Some(&s.name), Addr::Dynamic)?;
+        bus.announce(ep)?;
+        s.addr = bus.addr(ep)?;
+        eps.push(ep);
+        eprintln!(
+            "zerohop rpmsg-guest: guest up; announced {:?} at address {}",
+            s.name, s.addr
+        );
+    }
+    Ok(eps)
+}
+
+fn print_human(r: &Report) {
+    println!(
+        "rpmsg-guest: {:.1} s, guest up {} time(s), reset {} time(s), features {:#x}",
+        r.duration_s, r.ups, r.resets, r.features
+    );
+    for s in &r.services {
+        println!(
+            "  {:<24} addr {:<6} {:>10} messages {:>12} bytes echoed ({} failed)",
+            s.name, s.addr, s.messages, s.bytes, s.echo_failed
+        );
+    }
+    let b = &r.bus;
+    println!(
+        "  bus: rx {} tx {}, dropped: bad header {} unknown destination {} queue full {}; errors {}, guest kicks {}",
+        b.rx, b.tx, b.bad_header, b.unknown_dst, b.dropped_full, r.errors, r.guest_kicks
+    );
+}

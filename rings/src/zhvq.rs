@@ -54,19 +54,8 @@ pub const MAX_QUEUES: usize = 8;
 /// Bytes of the block.
 pub const BLOCK_SIZE: usize = 320;
 
-/// Virtio device status bits (virtio 1.x 2.1).
-pub mod status {
-    /// The guest noticed the device.
-    pub const ACKNOWLEDGE: u32 = 1;
-    /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
-    /// The driver is ready to drive the device.
-    pub const DRIVER_OK: u32 = 4;
-    /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
-    /// The driver gave up on the device.
-    pub const FAILED: u32 = 128;
-}
+/// Virtio device status bits (virtio 1.x 2.1), as the control block names them.
+pub use crate::control::status;
 
 /// Field offsets (see the module table).
 pub mod off {

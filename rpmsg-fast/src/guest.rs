@@ -380,6 +380,75 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_scribbling_over_its_rings_breaks_only_its_own_link() {
+        let pid = std::process::id();
+        let mut cfg = GuestLinkConfig::new(
+            format!("/dev/shm/zerohop-test-rg-ram-h-{pid}"),
+            1 << 20,
+            format!("/dev/shm/zerohop-test-rg-ctl-h-{pid}"),
+        );
+        cfg.queue_size = 8;
+        let mut link = GuestLink::create(&cfg).unwrap();
+        let l = SplitLayout::new(cfg.queue_size).unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut violations = 0;
+        for round in 1..=20u32 {
+            let mut g = Guest::boot(&cfg, 2 * round - 1);
+            up(&mut link);
+            let bus = link.bus().unwrap();
+            let ep = bus
+                .create_endpoint(Some("rpmsg-raw"), Addr::Dynamic)
+                .unwrap();
+            let addr = bus.addr(ep).unwrap();
+            g.send(0, 0x400, addr, b"ok");
+            // Then garbage over both rings (descriptors, indices, used entries) and a
+            // transmit buffer's header, while the device polls and sends.
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let ring = if x & 1 == 0 { RX_RING } else { TX_RING };
+                let at = ring as usize + (x >> 8) as usize % (l.size() - 8) & !7;
+                g.ram.store_u64(at, x, Ordering::Relaxed).unwrap();
+                g.ram
+                    .store_u64(
+                        TX_BUFS as usize + 8 * (x as usize % 2),
+                        x,
+                        Ordering::Relaxed,
+                    )
+                    .unwrap();
+                let bus = link.bus().unwrap();
+                violations += usize::from(bus.poll().is_err());
+                while let Ok(Some(m)) = bus.try_recv(ep) {
+                    let src = m.src();
+                    bus.release(m).unwrap();
+                    let _ = bus.send_deadline(ep, src, b"echo", std::time::Instant::now());
+                }
+            }
+            // Whatever the damage, the guest's reset brings a clean link back.
+            assert_eq!(g.reset(2 * round, &mut link), GuestEvent::Reset);
+        }
+        let mut g = Guest::boot(&cfg, 41);
+        up(&mut link);
+        let bus = link.bus().unwrap();
+        let ep = bus
+            .create_endpoint(Some("rpmsg-raw"), Addr::Dynamic)
+            .unwrap();
+        let addr = bus.addr(ep).unwrap();
+        g.send(0, 0x400, addr, b"after");
+        let bus = link.bus().unwrap();
+        bus.poll().unwrap();
+        let m = bus
+            .try_recv(ep)
+            .unwrap()
+            .expect("a clean link after the resets");
+        assert_eq!(bus.payload(&m), b"after");
+        bus.release(m).unwrap();
+        assert_eq!(link.ups(), 21);
+        assert!(violations > 20, "only {violations} polls saw a violation");
+    }
+
+    #[test]
     fn only_512_byte_buffers() {
         let mut cfg = GuestLinkConfig::new("/dev/shm/unused-ram", 1 << 20, "/dev/shm/unused-ctl");
         cfg.bus.tx_buf_size = 1024;

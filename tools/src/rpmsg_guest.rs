@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use pmd::guest::GuestEvent;
 use rpmsg_fast::guest::{GuestLink, GuestLinkConfig};
-use rpmsg_fast::{Addr, EndpointId, RpmsgError};
+use rpmsg_fast::{Addr, EndpointId, NsAction, RpmsgError};
 use serde::Serialize;
+use std::sync::mpsc;
 
 use crate::demo::PollMode;
 
@@ -77,6 +78,18 @@ struct ServiceReport {
     echo_failed: u64,
 }
 
+/// A service the guest announced (Linux `RPMSG_CREATE_DEV_IOCTL` + a driver bound).
+#[derive(Serialize, Debug, Default, Clone)]
+struct GuestService {
+    name: String,
+    addr: u32,
+    /// NS create / destroy messages seen for it.
+    created: u64,
+    destroyed: u64,
+    /// Greetings sent to it (one per create).
+    greeted: u64,
+}
+
 /// The `--json` object.
 #[derive(Serialize, Debug, Default)]
 struct Report {
@@ -87,6 +100,9 @@ struct Report {
     /// Negotiated feature bits at the last Up.
     features: u64,
     services: Vec<ServiceReport>,
+    /// Services the guest announced to us; each is sent one greeting,
+    /// `zerohop greets NAME at ADDR`, from the first `--service` endpoint.
+    guest_services: Vec<GuestService>,
     /// The bus's counters, summed over every Up.
     bus: BusCounters,
     /// Errors from the transport or the bus (each also printed to stderr).
@@ -166,6 +182,8 @@ fn serve(a: &RpmsgGuestArgs, mut link: GuestLink) -> Result<Report, RpmsgError> 
         ..Default::default()
     };
     let mut eps: Vec<EndpointId> = Vec::new();
+    // Name-service events from the bus's callback (it runs inside `poll`).
+    let (ns_tx, ns_rx) = mpsc::channel::<(String, u32, NsAction)>();
     let mut buf = [0u8; 512];
     let mut tick = 0u32;
     let mut empty = 0u32;
@@ -179,6 +197,12 @@ fn serve(a: &RpmsgGuestArgs, mut link: GuestLink) -> Result<Report, RpmsgError> 
                     r.features = features;
                     broken_reported = false;
                     eps = announce(&mut link, &mut r)?;
+                    let tx = ns_tx.clone();
+                    if let Some(bus) = link.bus() {
+                        bus.on_service(move |ev| {
+                            let _ = tx.send((ev.name.to_string(), ev.addr, ev.action));
+                        });
+                    }
                 }
                 Ok(GuestEvent::Reset) => {
                     r.resets += 1;
@@ -208,6 +232,10 @@ fn serve(a: &RpmsgGuestArgs, mut link: GuestLink) -> Result<Report, RpmsgError> 
                 false
             }
         };
+        while let Ok((name, addr, action)) = ns_rx.try_recv() {
+            busy = true;
+            greet(bus, eps.first().copied(), &mut r, name, addr, action);
+        }
         for (i, &ep) in eps.iter().enumerate() {
             while let Some(m) = bus.try_recv(ep)? {
                 busy = true;
@@ -259,6 +287,57 @@ fn serve(a: &RpmsgGuestArgs, mut link: GuestLink) -> Result<Report, RpmsgError> 
     Ok(r)
 }
 
+/// Records a guest announcement; a create gets one greeting from endpoint `from`.
+fn greet(
+    bus: &mut rpmsg_fast::Rpmsg<rpmsg_fast::guest::GuestQueue>,
+    from: Option<EndpointId>,
+    r: &mut Report,
+    name: String,
+    addr: u32,
+    action: NsAction,
+) {
+    eprintln!("zerohop rpmsg-guest: the guest announced {name:?} at address {addr} ({action:?})");
+    let i = match r
+        .guest_services
+        .iter()
+        .position(|g| g.name == name && g.addr == addr)
+    {
+        Some(i) => i,
+        None => {
+            r.guest_services.push(GuestService {
+                name,
+                addr,
+                ..Default::default()
+            });
+            r.guest_services.len() - 1
+        }
+    };
+    let g = &mut r.guest_services[i];
+    match action {
+        NsAction::Destroy => g.destroyed += 1,
+        NsAction::Create => {
+            g.created += 1;
+            let text = format!("zerohop greets {} at {}", g.name, g.addr);
+            let sent = from.map(|ep| {
+                bus.send_deadline(
+                    ep,
+                    addr,
+                    text.as_bytes(),
+                    Instant::now() + Duration::from_secs(1),
+                )
+            });
+            match sent {
+                Some(Ok(())) => g.greeted += 1,
+                Some(Err(e)) => {
+                    r.errors += 1;
+                    eprintln!("zerohop rpmsg-guest: greeting {addr} failed: {e}");
+                }
+                None => {}
+            }
+        }
+    }
+}
+
 /// Creates one echo endpoint per service on the fresh bus and announces it.
 fn announce(link: &mut GuestLink, r: &mut Report) -> Result<Vec<EndpointId>, RpmsgError> {
     let bus = link.bus().ok_or(RpmsgError::PeerLost)?;
@@ -285,6 +364,12 @@ fn print_human(r: &Report) {
         println!(
             "  {:<24} addr {:<6} {:>10} messages {:>12} bytes echoed ({} failed)",
             s.name, s.addr, s.messages, s.bytes, s.echo_failed
+        );
+    }
+    for g in &r.guest_services {
+        println!(
+            "  guest service {:<16} addr {:<6} created {} destroyed {} greeted {}",
+            g.name, g.addr, g.created, g.destroyed, g.greeted
         );
     }
     let b = &r.bus;

@@ -408,7 +408,7 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let ring = if x & 1 == 0 { RX_RING } else { TX_RING };
-                let at = ring as usize + (x >> 8) as usize % (l.size() - 8) & !7;
+                let at = ring as usize + (((x >> 8) as usize % (l.size() - 8)) & !7);
                 g.ram.store_u64(at, x, Ordering::Relaxed).unwrap();
                 g.ram
                     .store_u64(

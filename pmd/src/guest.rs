@@ -43,7 +43,7 @@ pub struct GuestConfig {
     pub ram_size: usize,
     /// The file behind the guest's ivshmem BAR 2 (the ZHVQ block at offset 0).
     pub control: PathBuf,
-    /// Bytes of the control file (QEMU wants a power of two; at least 4 KiB).
+    /// Bytes of the control file (QEMU wants a power of two; 4 KiB ..= 64 MiB).
     pub control_size: usize,
     /// What the device offers.
     pub device_id: u32,
@@ -60,6 +60,9 @@ pub struct GuestConfig {
 /// Largest guest RAM mapped one to one (QEMU's pc/q35 machines put RAM above this
 /// above 4 GiB, where addresses are no longer file offsets).
 pub const MAX_RAM: usize = 2 << 30;
+
+/// Largest control file (the block needs 320 bytes; QEMU maps the whole file as BAR 2).
+pub const MAX_CONTROL: usize = 64 << 20;
 
 /// What went wrong with the guest or its files.
 #[derive(Debug, thiserror::Error)]
@@ -150,9 +153,10 @@ impl GuestDevice {
                 cfg.ram_size as u64,
             ));
         }
-        if cfg.control_size < 4096 || !cfg.control_size.is_power_of_two() {
+        if !(4096..=MAX_CONTROL).contains(&cfg.control_size) || !cfg.control_size.is_power_of_two()
+        {
             return Err(config(
-                "control file size must be a power of two >= 4096",
+                "control file size must be a power of two in 4 KiB..=64 MiB",
                 cfg.control_size as u64,
             ));
         }

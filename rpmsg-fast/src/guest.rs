@@ -49,7 +49,7 @@ pub struct GuestLinkConfig {
     pub ram_size: usize,
     /// The ivshmem file (QEMU `ivshmem-plain` memdev).
     pub control: PathBuf,
-    /// Bytes of the ivshmem file (a power of two >= 4096; default 4096).
+    /// Bytes of the ivshmem file (a power of two, 4 KiB ..= 64 MiB; default 4096).
     pub control_size: usize,
     /// Entries per virtqueue (virtio_rpmsg_bus posts `min(2 * size, 512)` buffers, half
     /// each way; default 256).

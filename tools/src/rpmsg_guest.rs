@@ -46,7 +46,7 @@ pub struct RpmsgGuestArgs {
     /// Control file to create (QEMU: the memdev of an ivshmem-plain device).
     #[arg(long)]
     control: PathBuf,
-    /// Bytes of the control file (a power of two >= 4096).
+    /// Bytes of the control file (a power of two, 4096 ..= 64 MiB).
     #[arg(long, default_value_t = 4096)]
     control_size: usize,
     /// Entries per virtqueue (a power of two).
@@ -127,6 +127,10 @@ struct BusCounters {
 const CONTROL_EVERY: u32 = 256;
 
 pub fn run(a: &RpmsgGuestArgs) -> ExitCode {
+    if !(a.duration.is_finite() && a.duration >= 0.0) {
+        eprintln!("zerohop rpmsg-guest: --duration must be 0 or more seconds");
+        return ExitCode::from(2);
+    }
     let mut cfg = GuestLinkConfig::new(&a.ram, a.ram_mib as usize * (1 << 20), &a.control);
     cfg.control_size = a.control_size;
     cfg.queue_size = a.queue_size;

@@ -389,16 +389,11 @@ fn bad_option_values_and_stats_windows() {
     let ctl = format!("{base}-rg-ctl");
     let _c = Cleanup(vec![ram.clone().into(), ctl.clone().into()]);
     let g = |extra: &[&str], want: &str| {
-        let mut a = vec![
-            "rpmsg-guest",
-            "--ram",
-            &ram,
-            "--control",
-            &ctl,
-            "--duration",
-            "1",
-        ];
+        let mut a = vec!["rpmsg-guest", "--ram", &ram, "--control", &ctl];
         a.extend_from_slice(extra);
+        if !extra.contains(&"--duration") {
+            a.extend_from_slice(&["--duration", "1"]);
+        }
         fails(&a, 2, want, "zh-bad-none");
         assert!(!Path::new(&ctl).exists(), "{ctl} left behind");
     };
@@ -406,6 +401,18 @@ fn bad_option_values_and_stats_windows() {
     g(
         &["--control-size", "1000"],
         "control file size must be a power of two",
+    );
+    g(
+        &["--control-size", "1099511627776"],
+        "control file size must be a power of two",
+    );
+    g(
+        &["--duration", "inf"],
+        "--duration must be 0 or more seconds",
+    );
+    g(
+        &["--duration", "-1"],
+        "--duration must be 0 or more seconds",
     );
     g(&["--ram-mib", "0"], "--ram-mib");
     write_mode(Path::new(&ram), &[7u8; 4096], 0o600);

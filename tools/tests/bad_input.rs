@@ -411,7 +411,7 @@ fn bad_option_values_and_stats_windows() {
         "--duration must be 0 or more seconds",
     );
     g(
-        &["--duration", "-1"],
+        &["--duration", "nan"],
         "--duration must be 0 or more seconds",
     );
     g(&["--ram-mib", "0"], "--ram-mib");

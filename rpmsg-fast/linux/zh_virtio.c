@@ -111,8 +111,10 @@ static u8 zh_get_status(struct virtio_device *vdev)
 
 static void zh_set_status(struct virtio_device *vdev, u8 status)
 {
-	/* The device reads status with Acquire: everything written before (features,
-	 * queue registers) is visible to it once it sees the new status. */
+	/*
+	 * Pairs with the device's Acquire load of status (Zhvq::status): what was
+	 * written before (features, queue registers) is visible once it sees it.
+	 */
 	wmb();
 	iowrite32(status, &to_zh(vdev)->ctl->status);
 }
@@ -134,10 +136,13 @@ static void zh_reset(struct virtio_device *vdev)
 	/* No callback runs after a reset (the next find_vqs starts a new poller). */
 	zh_stop_poller(zh);
 	iowrite32(seq, &zh->ctl->reset_seq);
+	/* Pairs with the device's Acquire load of reset_seq (Zhvq::pending_reset). */
 	wmb();
 	iowrite32(0, &zh->ctl->status);
-	/* The device acknowledges once it no longer touches the rings or buffers: only
-	 * then may the guest free them. */
+	/*
+	 * The device acknowledges once it no longer touches the rings or buffers: only
+	 * then may the guest free them.
+	 */
 	while (ioread32(&zh->ctl->reset_ack) != seq) {
 		if (time_after(jiffies, deadline)) {
 			dev_warn(&zh->pdev->dev,
@@ -147,6 +152,7 @@ static void zh_reset(struct virtio_device *vdev)
 		}
 		usleep_range(100, 200);
 	}
+	/* Pairs with the device's Release store of reset_ack (Zhvq::ack_reset). */
 	rmb();
 }
 
@@ -236,8 +242,10 @@ static int zh_find_vqs(struct virtio_device *vdev, unsigned int nvqs,
 			vqs[i] = NULL;
 			continue;
 		}
-		/* Used ring aligned to 4, the virtio 1.x minimum: desc, avail and used are
-		 * then contiguous as in rings::split::SplitLayout. */
+		/*
+		 * Used ring aligned to 4, the virtio 1.x minimum: desc, avail and used are
+		 * then contiguous as in rings::split::SplitLayout.
+		 */
 		vq = vring_create_virtqueue(i, num, 4, vdev, true, false,
 					    ctx ? ctx[i] : false, zh_notify,
 					    callbacks[i], names[i]);
@@ -257,6 +265,7 @@ static int zh_find_vqs(struct virtio_device *vdev, unsigned int nvqs,
 		iowrite32(virtqueue_get_used_addr(vq) >> 32,
 			  (u8 __iomem *)&zh->ctl->q[i].used + 4);
 		iowrite32(virtqueue_get_vring_size(vq), &zh->ctl->q[i].num);
+		/* Pairs with the device's Acquire load of ready (Zhvq::queue). */
 		wmb();
 		iowrite32(1, &zh->ctl->q[i].ready);
 	}

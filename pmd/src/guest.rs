@@ -26,6 +26,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rings::features::VIRTIO_F_RING_PACKED;
+use rings::packed::{PackedDevice, PackedLayout};
 use rings::split::SplitLayout;
 use rings::zhvq::{self, DeviceInfo, Zhvq};
 use rings::{MemError, Region};
@@ -101,6 +103,23 @@ pub enum GuestError {
         what: &'static str,
         /// The offending value.
         value: u64,
+    },
+}
+
+/// The rings of one queue pair, by the format the guest accepted.
+#[allow(clippy::large_enum_variant)] // made once per guest Up and moved into a queue pair
+pub enum GuestRings {
+    /// Split rings: each ring's three parts are contiguous (the guest driver uses used
+    /// alignment 4), so the areas of a [`crate::queue::VirtioBackend::new`].
+    Split(VirtioAreas<Region>),
+    /// Packed rings (`VIRTIO_F_RING_PACKED` accepted): Linux allocates each ring's
+    /// descriptors and two event structures separately, so these are device halves
+    /// over all of guest RAM for [`crate::queue::VirtioBackend::from_halves`].
+    Packed {
+        /// The guest's transmit ring (we receive from it).
+        rx: PackedDevice<Region, Region>,
+        /// The guest's receive ring (we transmit into its buffers).
+        tx: PackedDevice<Region, Region>,
     },
 }
 
@@ -239,8 +258,14 @@ impl GuestDevice {
                 required: self.cfg.required,
             });
         }
+        let packed = accepted & VIRTIO_F_RING_PACKED != 0;
         for q in 0..2 * usize::from(self.cfg.queue_pairs) {
-            if let Err(e) = self.ring(q) {
+            let r = if packed {
+                self.packed_layout(q).map(drop)
+            } else {
+                self.ring(q).map(drop)
+            };
+            if let Err(e) = r {
                 self.refused = true;
                 return Err(e);
             }
@@ -258,22 +283,67 @@ impl GuestDevice {
         Ok(())
     }
 
-    /// The memory of queue pair `pair` while the guest is up: its two rings (checked)
-    /// and all of guest RAM as the data area (descriptor addresses are guest-physical,
-    /// so file offsets).
-    pub fn areas(&self, pair: u16) -> Result<VirtioAreas<Region>, GuestError> {
-        if self.up.is_none() {
+    /// The rings of queue pair `pair` while the guest is up (checked), with all of
+    /// guest RAM as the data area (descriptor addresses are guest-physical, so file
+    /// offsets).
+    pub fn rings(&self, pair: u16) -> Result<GuestRings, GuestError> {
+        let Some(features) = self.up else {
             return Err(config("the guest driver is not up", 0));
-        }
+        };
         if pair >= self.cfg.queue_pairs {
             return Err(config("no such queue pair", pair.into()));
         }
         let q = 2 * usize::from(pair);
-        Ok(VirtioAreas {
-            rx_ring: self.ring(q)?,
-            tx_ring: self.ring(q + 1)?,
-            data: self.ram.region().clone(),
+        let ram = self.ram.region();
+        if features & VIRTIO_F_RING_PACKED == 0 {
+            return Ok(GuestRings::Split(VirtioAreas {
+                rx_ring: self.ring(q)?,
+                tx_ring: self.ring(q + 1)?,
+                data: ram.clone(),
+            }));
+        }
+        let half = |q: usize| -> Result<PackedDevice<Region, Region>, GuestError> {
+            let l = self.packed_layout(q)?;
+            PackedDevice::new(ram.clone(), l, ram.clone(), features).map_err(|_| {
+                GuestError::Queue {
+                    queue: q,
+                    what: "packed ring not usable",
+                    value: l.desc_ring() as u64,
+                }
+            })
+        };
+        Ok(GuestRings::Packed {
+            rx: half(q + 1)?,
+            tx: half(q)?,
         })
+    }
+
+    /// Queue `q`'s packed layout (parts anywhere in RAM), checked.
+    fn packed_layout(&self, q: usize) -> Result<PackedLayout, GuestError> {
+        let regs = self.ctl.queue(q)?;
+        let bad = |what, value| GuestError::Queue {
+            queue: q,
+            what,
+            value,
+        };
+        if !regs.ready {
+            return Err(bad("not set up", 0));
+        }
+        if regs.num != u32::from(self.cfg.queue_size) {
+            return Err(bad("size differs from the offered one", regs.num.into()));
+        }
+        let off = |a: u64| usize::try_from(a).map_err(|_| bad("beyond RAM", a));
+        let l = PackedLayout::at(
+            self.cfg.queue_size,
+            off(regs.desc)?,
+            off(regs.avail)?,
+            off(regs.used)?,
+        )
+        .map_err(|_| bad("packed parts misaligned or overlapping", regs.desc))?;
+        if l.size() > self.ram.len() {
+            return Err(bad("packed ring beyond guest RAM", regs.desc));
+        }
+        Ok(l)
     }
 
     /// Queue `q`'s ring region, checked against the split layout and the RAM size.
@@ -383,7 +453,7 @@ mod tests {
         let ctl = ctl.region().clone();
         assert_eq!(ctl.load_u32(0, Ordering::Acquire).unwrap(), zhvq::MAGIC);
         assert_eq!(d.poll().unwrap(), GuestEvent::Idle);
-        assert!(d.areas(0).is_err());
+        assert!(d.rings(0).is_err());
 
         // A reset before any driver is up (zh_virtio's probe) is acknowledged at once.
         reset(&ctl, 1);
@@ -397,10 +467,12 @@ mod tests {
                 features: (1 << 32) | (1 << 29) | 1
             }
         );
-        let a = d.areas(0).unwrap();
+        let GuestRings::Split(a) = d.rings(0).unwrap() else {
+            panic!("split rings expected");
+        };
         assert_eq!(a.data.len(), 1 << 20);
         assert_eq!(a.rx_ring.len(), SplitLayout::new(8).unwrap().size());
-        assert!(d.areas(1).is_err());
+        assert!(d.rings(1).is_err());
 
         // A reset while up: reported, acknowledged only when the caller says so.
         reset(&ctl, 2);
@@ -467,6 +539,57 @@ mod tests {
         d.poll().unwrap();
         guest_up(&ctl, 1 << 29, &[0x1000, 0x2000]);
         assert!(matches!(d.poll().unwrap(), GuestEvent::Up { .. }));
+    }
+
+    /// What zh_virtio writes for packed rings: desc, driver event, device event.
+    fn guest_up_packed(ctl: &Region, rings: &[[u64; 3]]) {
+        let f = (1 << 34) | (1 << 29);
+        ctl.store_u64(off::DRIVER_FEATURES, f, Ordering::Relaxed)
+            .unwrap();
+        for (i, regs) in rings.iter().enumerate() {
+            let b = off::QUEUES + 32 * i;
+            for (j, &r) in regs.iter().enumerate() {
+                ctl.store_u64(b + 8 * j, r, Ordering::Relaxed).unwrap();
+            }
+            ctl.store_u32(b + 24, 8, Ordering::Relaxed).unwrap();
+            ctl.store_u32(b + 28, 1, Ordering::Release).unwrap();
+        }
+        ctl.store_u32(off::STATUS, 0xf, Ordering::Release).unwrap();
+    }
+
+    #[test]
+    fn packed_rings_with_parts_apart() {
+        let c = GuestConfig {
+            features: (1 << 34) | (1 << 29),
+            ..cfg("packed")
+        };
+        let mut d = GuestDevice::create(&c).unwrap();
+        let ctl = ShmWindow::open(&c.control, &crate::window::OpenOptions::new()).unwrap();
+        let ctl = ctl.region().clone();
+        let good = [[0x1000, 0x3000, 0x4004], [0x2000, 0x5000, 0x6000]];
+        guest_up_packed(&ctl, &good);
+        assert!(matches!(d.poll().unwrap(), GuestEvent::Up { .. }));
+        assert!(matches!(d.rings(0).unwrap(), GuestRings::Packed { .. }));
+        let bad: [[u64; 3]; 4] = [
+            [0x1008, 0x3000, 0x4000],        // descriptors misaligned
+            [0x1000, 0x1040, 0x4000],        // driver event inside the descriptors
+            [0x1000, 0x3000, 0x3002],        // events overlap (and misaligned)
+            [0x1000, 0x3000, (1 << 20) - 2], // device event past RAM
+        ];
+        for (seq, regs) in (1u32..).zip(bad) {
+            reset(&ctl, seq);
+            assert_eq!(d.poll().unwrap(), GuestEvent::Reset);
+            d.ack_reset().unwrap();
+            guest_up_packed(&ctl, &[regs, good[1]]);
+            let e = d.poll().unwrap_err();
+            assert!(matches!(e, GuestError::Queue { queue: 0, .. }), "{e}");
+            // Refused until the next reset; the good ring is not enough.
+            assert_eq!(d.poll().unwrap(), GuestEvent::Idle);
+            reset(&ctl, seq + 100);
+            d.poll().unwrap();
+            guest_up_packed(&ctl, &good);
+            assert!(matches!(d.poll().unwrap(), GuestEvent::Up { .. }));
+        }
     }
 
     #[test]

@@ -21,7 +21,8 @@
  *   40 reset_seq u32 (guest)             44 reset_ack u32 (device)
  *   48 heartbeat u32 (device)            52 kicks u32 (guest)
  *   56 reserved u64
- *   64 queues[8] { desc u64, avail u64, used u64, num u32, ready u32 } (guest)
+ *   64 queues[8] { desc u64, avail u64, used u64, num u32, ready u32 } (guest;
+ *      packed rings: avail / used are the driver / device event structures)
  */
 #include <linux/delay.h>
 #include <linux/io.h>
@@ -169,9 +170,8 @@ static int zh_finalize_features(struct virtio_device *vdev)
 	struct zh_ctl __iomem *ctl = to_zh(vdev)->ctl;
 
 	vring_transport_features(vdev);
-	/* Guest RAM is addressed physically: no IOMMU and no packed rings here. */
+	/* Guest RAM is addressed physically: no IOMMU. */
 	__virtio_clear_bit(vdev, VIRTIO_F_ACCESS_PLATFORM);
-	__virtio_clear_bit(vdev, VIRTIO_F_RING_PACKED);
 	iowrite32((u32)vdev->features, &ctl->driver_features);
 	iowrite32((u32)(vdev->features >> 32),
 		  (u8 __iomem *)&ctl->driver_features + 4);
@@ -243,8 +243,10 @@ static int zh_find_vqs(struct virtio_device *vdev, unsigned int nvqs,
 			continue;
 		}
 		/*
-		 * Used ring aligned to 4, the virtio 1.x minimum: desc, avail and used are
-		 * then contiguous as in rings::split::SplitLayout.
+		 * Split: used ring aligned to 4, the virtio 1.x minimum, so desc, avail and
+		 * used are contiguous as in rings::split::SplitLayout. Packed (when the
+		 * device offers VIRTIO_F_RING_PACKED): avail and used below are the driver
+		 * and device event structures, allocated apart from the descriptors.
 		 */
 		vq = vring_create_virtqueue(i, num, 4, vdev, true, false,
 					    ctx ? ctx[i] : false, zh_notify,

@@ -26,19 +26,18 @@
 use std::path::PathBuf;
 
 use pmd::copy::CopyEngine;
-use pmd::guest::{GuestConfig, GuestDevice, GuestEvent};
-use pmd::queue::{PktHeader, Split, VirtioBackend, VirtioGeometry};
-use rings::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1};
-use rings::Region;
+use pmd::guest::{GuestConfig, GuestDevice, GuestEvent, GuestRings};
+use pmd::queue::{PktHeader, VirtioBackend, VirtioGeometry};
+use rings::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 
 use crate::bus::{BusConfig, BusStats, Rpmsg};
 use crate::error::RpmsgError;
-use crate::link::VIRTIO_ID_RPMSG;
+use crate::link::{LinkQueue, VIRTIO_ID_RPMSG};
 use crate::wire::DEFAULT_BUF_SIZE;
 
 /// The queue pair under a [`GuestLink`]'s bus: the device half of the guest's split
-/// virtqueues.
-pub type GuestQueue = VirtioBackend<Split, Region, CopyEngine>;
+/// ([`LinkQueue::SplitRemote`]) or packed ([`LinkQueue::PackedRemote`]) virtqueues.
+pub type GuestQueue = LinkQueue;
 
 /// Settings of a [`GuestLink`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +53,9 @@ pub struct GuestLinkConfig {
     /// Entries per virtqueue (virtio_rpmsg_bus posts `min(2 * size, 512)` buffers, half
     /// each way; default 256).
     pub queue_size: u16,
+    /// Also offer `VIRTIO_F_RING_PACKED` (the guest's virtio core then makes packed
+    /// virtqueues; default false: split, as virtio_rpmsg_bus on remoteproc uses).
+    pub packed: bool,
     /// The bus (its buffer sizes must stay 512: virtio_rpmsg_bus' fixed size).
     pub bus: BusConfig,
 }
@@ -67,6 +69,7 @@ impl GuestLinkConfig {
             control: control.into(),
             control_size: 4096,
             queue_size: 256,
+            packed: false,
             bus: BusConfig::default(),
         }
     }
@@ -100,7 +103,10 @@ impl GuestLink {
             control: cfg.control.clone(),
             control_size: cfg.control_size,
             device_id: VIRTIO_ID_RPMSG,
-            features: cfg.bus.features | VIRTIO_F_VERSION_1 | VIRTIO_F_EVENT_IDX,
+            features: cfg.bus.features
+                | VIRTIO_F_VERSION_1
+                | VIRTIO_F_EVENT_IDX
+                | if cfg.packed { VIRTIO_F_RING_PACKED } else { 0 },
             required: VIRTIO_F_EVENT_IDX,
             queue_pairs: 1,
             queue_size: cfg.queue_size,
@@ -122,10 +128,17 @@ impl GuestLink {
         let ev = self.dev.poll()?;
         match ev {
             GuestEvent::Up { features } => {
-                let areas = self.dev.areas(0)?;
                 let geo = VirtioGeometry::new(self.cfg.queue_size, DEFAULT_BUF_SIZE as u32)?
                     .with_header(PktHeader::None);
-                let q = VirtioBackend::new(areas, geo, 0, *CopyEngine::global())?;
+                let copy = *CopyEngine::global();
+                let q = match self.dev.rings(0)? {
+                    GuestRings::Split(areas) => {
+                        LinkQueue::SplitRemote(VirtioBackend::new(areas, geo, 0, copy)?)
+                    }
+                    GuestRings::Packed { rx, tx } => {
+                        LinkQueue::PackedRemote(VirtioBackend::from_halves(rx, tx, geo, 0, copy)?)
+                    }
+                };
                 let mut bus = Rpmsg::new(q, self.cfg.bus.clone())?;
                 bus.set_peer_up(features);
                 self.bus = Some(bus);
@@ -194,7 +207,7 @@ fn add(a: BusStats, b: BusStats) -> BusStats {
 
 #[cfg(test)]
 mod tests {
-    //! A guest emulated with the driver half of `rings::split`, laid out as Linux'
+    //! A guest emulated with the driver halves of `rings::split` / `rings::packed`, laid out as Linux'
     //! `virtio_rpmsg_bus` lays out its buffers (512 bytes, `rpmsg_hdr` first), and the
     //! ZHVQ registers written as `zh_virtio.c` writes them. `.ci/rpmsg-linux` runs the
     //! real thing.
@@ -202,28 +215,83 @@ mod tests {
     use crate::wire::{NsMsg, RpmsgHdr, HDR_SIZE, NS_ADDR, NS_MSG_SIZE};
     use crate::Addr;
     use pmd::window::{OpenOptions, ShmWindow, Window};
+    use rings::packed::{PackedDriver, PackedLayout};
     use rings::split::{SplitDriver, SplitLayout};
     use rings::sync::Ordering;
     use rings::zhvq::off;
-    use rings::{BufDesc, Mem};
+    use rings::{BufDesc, Mem, Region};
+    use std::collections::HashMap;
 
     const RX_RING: u64 = 0x1000;
     const TX_RING: u64 = 0x2000;
     const RX_BUFS: u64 = 0x10000;
     const TX_BUFS: u64 = 0x20000;
 
+    /// One virtqueue's driver half, split or packed.
+    enum Drv {
+        Split(SplitDriver<Region, Region>),
+        Packed(PackedDriver<Region, Region>),
+    }
+
+    impl Drv {
+        /// Opens the ring at `at` (packed: descriptors there, the two event
+        /// structures 2 KiB and 3 KiB further, as separate allocations would be) and
+        /// returns it with its (desc, avail, used) registers.
+        fn open(ram: &Region, at: u64, n: u16, f: u64) -> (Drv, [u64; 3]) {
+            if f & VIRTIO_F_RING_PACKED == 0 {
+                let l = SplitLayout::new(n).unwrap();
+                let ring = ram.sub(at as usize, l.size()).unwrap();
+                let d = SplitDriver::new(ring, l, ram.clone(), f).unwrap();
+                let regs = [
+                    at,
+                    at + l.avail_offset() as u64,
+                    at + l.used_offset() as u64,
+                ];
+                (Drv::Split(d), regs)
+            } else {
+                let regs = [at, at + 0x800, at + 0xc04];
+                let l =
+                    PackedLayout::at(n, at as usize, regs[1] as usize, regs[2] as usize).unwrap();
+                (
+                    Drv::Packed(PackedDriver::new(ram.clone(), l, ram.clone(), f).unwrap()),
+                    regs,
+                )
+            }
+        }
+        fn add(&mut self, b: BufDesc) -> u16 {
+            match self {
+                Drv::Split(d) => d.add(&[b]).unwrap(),
+                Drv::Packed(d) => d.add(&[b]).unwrap(),
+            }
+        }
+        fn publish(&mut self) {
+            match self {
+                Drv::Split(d) => d.publish().unwrap(),
+                Drv::Packed(d) => d.publish().unwrap(),
+            }
+        }
+        fn poll_used(&mut self) -> Option<(u16, u32)> {
+            match self {
+                Drv::Split(d) => d.poll_used().unwrap().map(|u| (u.id, u.len)),
+                Drv::Packed(d) => d.poll_used().unwrap().map(|u| (u.id, u.len)),
+            }
+        }
+    }
+
     struct Guest {
-        rx: SplitDriver<Region, Region>,
-        tx: SplitDriver<Region, Region>,
+        rx: Drv,
+        tx: Drv,
+        /// Receive buffer of each id in flight.
+        rx_bufs: HashMap<u16, u64>,
         ram: Region,
         ctl: Region,
         _w: (ShmWindow, ShmWindow),
     }
 
     impl Guest {
-        /// zh_virtio's probe (a reset), virtio_rpmsg_bus' probe (8 receive buffers),
-        /// then DRIVER_OK.
-        fn boot(cfg: &GuestLinkConfig, reset_seq: u32) -> Guest {
+        /// zh_virtio's probe (a reset), virtio_rpmsg_bus' probe (a receive buffer per
+        /// entry), then DRIVER_OK, accepting packed rings if `packed`.
+        fn boot(cfg: &GuestLinkConfig, reset_seq: u32, packed: bool) -> Guest {
             let ram_w = ShmWindow::open(&cfg.ram, &OpenOptions::new()).unwrap();
             let ctl_w = ShmWindow::open(&cfg.control, &OpenOptions::new()).unwrap();
             let (ram, ctl) = (ram_w.region().clone(), ctl_w.region().clone());
@@ -233,33 +301,34 @@ mod tests {
             );
             ctl.store_u32(off::RESET_SEQ, reset_seq, Ordering::Release)
                 .unwrap();
-            let l = SplitLayout::new(cfg.queue_size).unwrap();
-            let f = VIRTIO_F_EVENT_IDX | VIRTIO_F_VERSION_1 | 1;
-            let ring = |at: u64| ram.sub(at as usize, l.size()).unwrap();
-            let mut rx = SplitDriver::new(ring(RX_RING), l, ram.clone(), f).unwrap();
-            let tx = SplitDriver::new(ring(TX_RING), l, ram.clone(), f).unwrap();
-            for i in 0..u64::from(cfg.queue_size) {
-                rx.add(&[BufDesc::writable(RX_BUFS + 512 * i, 512)])
-                    .unwrap();
+            let f = VIRTIO_F_EVENT_IDX
+                | VIRTIO_F_VERSION_1
+                | 1
+                | if packed { VIRTIO_F_RING_PACKED } else { 0 };
+            let n = cfg.queue_size;
+            let (mut rx, rx_regs) = Drv::open(&ram, RX_RING, n, f);
+            let (tx, tx_regs) = Drv::open(&ram, TX_RING, n, f);
+            let mut rx_bufs = HashMap::new();
+            for i in 0..u64::from(n) {
+                let at = RX_BUFS + 512 * i;
+                rx_bufs.insert(rx.add(BufDesc::writable(at, 512)), at);
             }
-            rx.publish().unwrap();
+            rx.publish();
             ctl.store_u64(off::DRIVER_FEATURES, f, Ordering::Relaxed)
                 .unwrap();
-            for (q, at) in [RX_RING, TX_RING].into_iter().enumerate() {
+            for (q, regs) in [rx_regs, tx_regs].into_iter().enumerate() {
                 let b = off::QUEUES + 32 * q;
-                ctl.store_u64(b, at, Ordering::Relaxed).unwrap();
-                ctl.store_u64(b + 8, at + l.avail_offset() as u64, Ordering::Relaxed)
-                    .unwrap();
-                ctl.store_u64(b + 16, at + l.used_offset() as u64, Ordering::Relaxed)
-                    .unwrap();
-                ctl.store_u32(b + 24, cfg.queue_size.into(), Ordering::Relaxed)
-                    .unwrap();
+                for (i, r) in regs.into_iter().enumerate() {
+                    ctl.store_u64(b + 8 * i, r, Ordering::Relaxed).unwrap();
+                }
+                ctl.store_u32(b + 24, n.into(), Ordering::Relaxed).unwrap();
                 ctl.store_u32(b + 28, 1, Ordering::Release).unwrap();
             }
             ctl.store_u32(off::STATUS, 0xf, Ordering::Release).unwrap();
             Guest {
                 rx,
                 tx,
+                rx_bufs,
                 ram,
                 ctl,
                 _w: (ram_w, ctl_w),
@@ -268,24 +337,27 @@ mod tests {
 
         /// The next message the device wrote, and its buffer given back.
         fn recv(&mut self) -> Option<(RpmsgHdr, Vec<u8>)> {
-            let u = self.rx.poll_used().unwrap()?;
-            let at = RX_BUFS + 512 * u64::from(u.id);
-            let mut b = vec![0u8; u.len as usize];
+            let (id, len) = self.rx.poll_used()?;
+            let at = self.rx_bufs.remove(&id).expect("a buffer of ours");
+            let mut b = vec![0u8; len as usize];
             self.ram.read_bytes(at as usize, &mut b).unwrap();
             let h = RpmsgHdr::parse(&b, 512).unwrap();
-            self.rx.add(&[BufDesc::writable(at, 512)]).unwrap();
-            self.rx.publish().unwrap();
+            let id = self.rx.add(BufDesc::writable(at, 512));
+            self.rx_bufs.insert(id, at);
+            self.rx.publish();
             Some((h, b[HDR_SIZE..HDR_SIZE + h.len as usize].to_vec()))
         }
 
-        fn send(&mut self, slot: u64, src: u32, dst: u32, data: &[u8]) {
+        /// Sends from transmit buffer `slot`; returns the ring id it went out with.
+        fn send(&mut self, slot: u64, src: u32, dst: u32, data: &[u8]) -> u16 {
             let at = TX_BUFS + 512 * slot;
             let h = RpmsgHdr::new(src, dst, data.len() as u16);
             self.ram.write_bytes(at as usize, &h.to_bytes()).unwrap();
             self.ram.write_bytes(at as usize + HDR_SIZE, data).unwrap();
             let len = (HDR_SIZE + data.len()) as u32;
-            self.tx.add(&[BufDesc::readable(at, len)]).unwrap();
-            self.tx.publish().unwrap();
+            let id = self.tx.add(BufDesc::readable(at, len));
+            self.tx.publish();
+            id
         }
 
         /// zh_virtio's reset: bump the sequence, status 0, wait for the ack.
@@ -316,22 +388,27 @@ mod tests {
         panic!("the guest did not come up");
     }
 
-    #[test]
-    fn a_guest_driver_sees_announcements_and_echoes() {
+    fn announcements_and_echoes(packed: bool) {
         let pid = std::process::id();
         let mut cfg = GuestLinkConfig::new(
-            format!("/dev/shm/zerohop-test-rg-ram-{pid}"),
+            format!("/dev/shm/zerohop-test-rg-ram-{packed}-{pid}"),
             1 << 20,
-            format!("/dev/shm/zerohop-test-rg-ctl-{pid}"),
+            format!("/dev/shm/zerohop-test-rg-ctl-{packed}-{pid}"),
         );
         cfg.queue_size = 8;
+        cfg.packed = packed;
         let mut link = GuestLink::create(&cfg).unwrap();
         assert!(link.bus().is_none());
+        let want = VIRTIO_F_EVENT_IDX
+            | VIRTIO_F_VERSION_1
+            | 1
+            | if packed { VIRTIO_F_RING_PACKED } else { 0 };
 
         for round in 1..=2u32 {
-            let mut g = Guest::boot(&cfg, 2 * round - 1);
-            assert_eq!(up(&mut link), VIRTIO_F_EVENT_IDX | VIRTIO_F_VERSION_1 | 1);
+            let mut g = Guest::boot(&cfg, 2 * round - 1, packed);
+            assert_eq!(up(&mut link), want);
             let bus = link.bus().unwrap();
+            assert_eq!(matches!(bus.queue(), LinkQueue::PackedRemote(_)), packed);
             let ep = bus
                 .create_endpoint(Some("rpmsg-raw"), Addr::Dynamic)
                 .unwrap();
@@ -345,10 +422,16 @@ mod tests {
             assert_eq!((ns.addr, ns.flags), (addr, 0));
             assert_eq!(&ns.name[..10], b"rpmsg-raw\0");
 
-            // Every size up to 496, echoed back to the sender.
-            for (i, size) in [1usize, 64, 200, 496].into_iter().enumerate() {
+            // Every size up to 496, echoed back to the sender; more messages than
+            // ring entries, so both rings wrap (packed: the wrap counters flip).
+            for (i, size) in [1usize, 64, 200, 496]
+                .into_iter()
+                .cycle()
+                .take(20)
+                .enumerate()
+            {
                 let data: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
-                g.send(i as u64, 0x400 + round, addr, &data);
+                let id = g.send(i as u64 % 8, 0x400 + round, addr, &data);
                 let bus = link.bus().unwrap();
                 bus.poll().unwrap();
                 let m = bus.try_recv(ep).unwrap().expect("message");
@@ -360,7 +443,7 @@ mod tests {
                 assert_eq!((h.src, h.dst, back), (addr, src, data));
                 // Released buffers go back with the next poll's batch.
                 link.bus().unwrap().poll().unwrap();
-                assert_eq!(g.tx.poll_used().unwrap().map(|u| u.id), Some(i as u16));
+                assert_eq!(g.tx.poll_used().map(|u| u.0), Some(id));
             }
             // Too long for the 512-byte buffer: refused, nothing written.
             let bus = link.bus().unwrap();
@@ -372,11 +455,21 @@ mod tests {
             assert!(link.bus().is_none());
         }
         let s = link.bus_stats();
-        assert_eq!((s.rx, s.tx), (8, 10));
+        assert_eq!((s.rx, s.tx), (40, 42));
         assert_eq!(s.bad_header + s.unknown_dst + s.dropped_full, 0);
         assert_eq!(link.ups(), 2);
         drop(link);
         assert!(!cfg.ram.exists() && !cfg.control.exists());
+    }
+
+    #[test]
+    fn a_guest_driver_sees_announcements_and_echoes_split() {
+        announcements_and_echoes(false);
+    }
+
+    #[test]
+    fn a_guest_driver_sees_announcements_and_echoes_packed() {
+        announcements_and_echoes(true);
     }
 
     #[test]
@@ -388,12 +481,14 @@ mod tests {
             format!("/dev/shm/zerohop-test-rg-ctl-h-{pid}"),
         );
         cfg.queue_size = 8;
+        // Offered; the guest takes packed rings in even rounds, split in odd ones.
+        cfg.packed = true;
         let mut link = GuestLink::create(&cfg).unwrap();
         let l = SplitLayout::new(cfg.queue_size).unwrap();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut violations = 0;
         for round in 1..=20u32 {
-            let mut g = Guest::boot(&cfg, 2 * round - 1);
+            let mut g = Guest::boot(&cfg, 2 * round - 1, round % 2 == 0);
             up(&mut link);
             let bus = link.bus().unwrap();
             let ep = bus
@@ -428,7 +523,7 @@ mod tests {
             // Whatever the damage, the guest's reset brings a clean link back.
             assert_eq!(g.reset(2 * round, &mut link), GuestEvent::Reset);
         }
-        let mut g = Guest::boot(&cfg, 41);
+        let mut g = Guest::boot(&cfg, 41, false);
         up(&mut link);
         let bus = link.bus().unwrap();
         let ep = bus

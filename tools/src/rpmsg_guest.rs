@@ -52,6 +52,10 @@ pub struct RpmsgGuestArgs {
     /// Entries per virtqueue (a power of two).
     #[arg(long, default_value_t = 256)]
     queue_size: u16,
+    /// Ring format to offer: split (what virtio_rpmsg_bus gets from remoteproc), or
+    /// packed as well (VIRTIO_F_RING_PACKED; the guest's virtio core decides).
+    #[arg(long, value_enum, default_value = "split")]
+    ring: GuestRing,
     /// A service to announce, with an echo endpoint behind it (repeatable).
     #[arg(long = "service", default_values_t = ["rpmsg-client-sample".to_string(), "rpmsg-raw".to_string()])]
     services: Vec<String>,
@@ -64,6 +68,16 @@ pub struct RpmsgGuestArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--ring`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum GuestRing {
+    /// Split virtqueues only.
+    Split,
+    /// Offer packed virtqueues too.
+    Packed,
 }
 
 /// One announced service's counters.
@@ -97,8 +111,9 @@ struct Report {
     /// Times the guest's driver came up (DRIVER_OK) / reset.
     ups: u64,
     resets: u64,
-    /// Negotiated feature bits at the last Up.
+    /// Negotiated feature bits at the last Up, and the ring format they mean.
     features: u64,
+    ring: Option<GuestRing>,
     services: Vec<ServiceReport>,
     /// Services the guest announced to us; each is sent one greeting,
     /// `zerohop greets NAME at ADDR`, from the first `--service` endpoint.
@@ -134,6 +149,7 @@ pub fn run(a: &RpmsgGuestArgs) -> ExitCode {
     let mut cfg = GuestLinkConfig::new(&a.ram, a.ram_mib as usize * (1 << 20), &a.control);
     cfg.control_size = a.control_size;
     cfg.queue_size = a.queue_size;
+    cfg.packed = a.ring == GuestRing::Packed;
     // Every message the guest sends holds one of its `queue_size` transmit buffers
     // until we release it: a queue that deep never drops an echo.
     cfg.bus.rx_queue_depth = usize::from(a.queue_size);
@@ -199,6 +215,13 @@ fn serve(a: &RpmsgGuestArgs, mut link: GuestLink) -> Result<Report, RpmsgError> 
                 Ok(GuestEvent::Up { features }) => {
                     r.ups += 1;
                     r.features = features;
+                    r.ring = Some(
+                        if features & dataplane::rings::features::VIRTIO_F_RING_PACKED != 0 {
+                            GuestRing::Packed
+                        } else {
+                            GuestRing::Split
+                        },
+                    );
                     broken_reported = false;
                     eps = announce(&mut link, &mut r)?;
                     let tx = ns_tx.clone();
@@ -361,8 +384,8 @@ fn announce(link: &mut GuestLink, r: &mut Report) -> Result<Vec<EndpointId>, Rpm
 
 fn print_human(r: &Report) {
     println!(
-        "rpmsg-guest: {:.1} s, guest up {} time(s), reset {} time(s), features {:#x}",
-        r.duration_s, r.ups, r.resets, r.features
+        "rpmsg-guest: {:.1} s, guest up {} time(s), reset {} time(s), features {:#x} ({:?} rings)",
+        r.duration_s, r.ups, r.resets, r.features, r.ring
     );
     for s in &r.services {
         println!(

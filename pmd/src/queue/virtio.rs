@@ -1055,11 +1055,24 @@ impl<K: RingKind, M: Mem + Send, C: CopyFn> VirtioBackend<K, M, C> {
     where
         M: Clone,
     {
-        let n = geo.ring_size as u32;
         let rx = K::Device::open(areas.tx_ring, geo.ring_size, areas.data.clone())?;
         let tx = K::Device::open(areas.rx_ring, geo.ring_size, areas.data)?;
+        Self::from_halves(rx, tx, geo, max_burst, copy)
+    }
+
+    /// Like [`new`](Self::new), from device halves opened by the caller (rings whose
+    /// parts are not where this module's layouts put them: a guest's packed rings,
+    /// [`crate::guest`]). `rx` is the frontend's TX virtqueue, `tx` its RX one; both
+    /// of `geo.ring_size` entries.
+    pub fn from_halves(
+        mut rx: K::Device<M>,
+        tx: K::Device<M>,
+        geo: VirtioGeometry,
+        max_burst: usize,
+        copy: C,
+    ) -> Result<Self, QueueError> {
+        let n = geo.ring_size as u32;
         let (returns, ret_scratch) = returns_ring(n)?;
-        let mut rx = rx;
         // We poll: no available-buffer notifications (one store into the frontend's
         // event structure; zeroed packed event structures mean ENABLE).
         rx.set_notify(false)?;

@@ -145,11 +145,13 @@ pub const fn used_bits(wrap: bool) -> u16 {
     }
 }
 
-/// Offsets of the parts of a packed ring of `queue_size` descriptors in one
-/// contiguous region (see the module diagram).
+/// Offsets of the parts of a packed ring of `queue_size` descriptors: one contiguous
+/// region ([`PackedLayout::new`], the module diagram), or three parts anywhere in a
+/// larger region ([`PackedLayout::at`]: Linux allocates them separately).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackedLayout {
     queue_size: u16,
+    desc_ring: usize,
     driver_event: usize,
     device_event: usize,
     size: usize,
@@ -173,9 +175,68 @@ impl PackedLayout {
         let device_event = driver_event + size_of::<EventSuppress>();
         Ok(PackedLayout {
             queue_size,
+            desc_ring: 0,
             driver_event,
             device_event,
             size: device_event + size_of::<EventSuppress>(),
+        })
+    }
+
+    /// Layout whose three parts sit at the given offsets of one region (a guest's
+    /// RAM: Linux' `vring_create_virtqueue_packed` allocates the descriptor ring and
+    /// each event structure separately). Checks the alignments (16 for the ring, 4 for
+    /// the events) and that no two parts overlap; [`size`](Self::size) is the end of
+    /// the last part, which the region must reach.
+    pub fn at(
+        queue_size: u16,
+        desc_ring: usize,
+        driver_event: usize,
+        device_event: usize,
+    ) -> Result<Self, RingError> {
+        let base = Self::new(queue_size)?;
+        let bad = |what, value: usize, why| RingError::InvalidConfig {
+            what,
+            value: value as u64,
+            why,
+        };
+        let ev = size_of::<EventSuppress>();
+        let ring_end = desc_ring
+            .checked_add(queue_size as usize * size_of::<PackedDesc>())
+            .ok_or(bad("packed descriptor ring offset", desc_ring, "overflows"))?;
+        if !desc_ring.is_multiple_of(Self::ALIGN) {
+            return Err(bad(
+                "packed descriptor ring offset",
+                desc_ring,
+                "must be 16-aligned",
+            ));
+        }
+        for (what, off) in [
+            ("packed driver event offset", driver_event),
+            ("packed device event offset", device_event),
+        ] {
+            if !off.is_multiple_of(4) {
+                return Err(bad(what, off, "must be 4-aligned"));
+            }
+            let Some(end) = off.checked_add(ev) else {
+                return Err(bad(what, off, "overflows"));
+            };
+            if off < ring_end && desc_ring < end {
+                return Err(bad(what, off, "overlaps the descriptor ring"));
+            }
+        }
+        if driver_event.abs_diff(device_event) < ev {
+            return Err(bad(
+                "packed device event offset",
+                device_event,
+                "overlaps the driver event",
+            ));
+        }
+        Ok(PackedLayout {
+            desc_ring,
+            driver_event,
+            device_event,
+            size: ring_end.max(driver_event + ev).max(device_event + ev),
+            ..base
         })
     }
 
@@ -185,16 +246,16 @@ impl PackedLayout {
         self.queue_size
     }
 
-    /// Offset of the descriptor ring (always 0; alignment 16).
+    /// Offset of the descriptor ring (0 for [`new`](Self::new); alignment 16).
     #[inline]
     pub fn desc_ring(&self) -> usize {
-        0
+        self.desc_ring
     }
 
     /// Offset of descriptor `slot` (`slot < N`).
     #[inline]
     pub fn desc(&self, slot: u16) -> usize {
-        slot as usize * size_of::<PackedDesc>()
+        self.desc_ring + slot as usize * size_of::<PackedDesc>()
     }
 
     /// Offset of the driver event suppression structure (written by the driver).
@@ -209,7 +270,8 @@ impl PackedLayout {
         self.device_event
     }
 
-    /// Total bytes of the ring region (`16*N + 8`).
+    /// Bytes the ring region needs: `16*N + 8` for [`new`](Self::new), the end of the
+    /// last part for [`at`](Self::at).
     #[inline]
     pub fn size(&self) -> usize {
         self.size
@@ -228,6 +290,32 @@ pub(crate) const FLAGS_OFF: usize = core::mem::offset_of!(PackedDesc, flags);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parts_at_offsets_of_a_larger_region() {
+        let l = PackedLayout::at(4, 0x1000, 0x2000, 0x3004).unwrap();
+        assert_eq!(
+            (l.desc_ring(), l.desc(3), l.driver_event(), l.device_event()),
+            (0x1000, 0x1030, 0x2000, 0x3004)
+        );
+        assert_eq!(l.size(), 0x3008);
+        // Contiguous, as `new` lays it out.
+        let n = PackedLayout::new(4).unwrap();
+        assert_eq!(PackedLayout::at(4, 0, 64, 68).unwrap(), n);
+        for (d, e1, e2) in [
+            (0x1008, 0x2000, 0x3000),          // ring misaligned
+            (0x1000, 0x2002, 0x3000),          // event misaligned
+            (0x1000, 0x1030, 0x3000),          // event inside the ring
+            (0x1000, 0x2000, 0x2000),          // events overlap
+            (0x1000, usize::MAX - 3, 0x3000),  // event past the address space
+            (usize::MAX - 15, 0x2000, 0x3000), // ring past the address space
+        ] {
+            assert!(
+                PackedLayout::at(4, d, e1, e2).is_err(),
+                "{d:#x} {e1:#x} {e2:#x}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use rings::features::VIRTIO_F_RING_PACKED;
 use rings::packed::{PackedDevice, PackedLayout};
 use rings::split::SplitLayout;
-use rings::zhvq::{self, DeviceInfo, Zhvq};
+use rings::zhvq::{self, DeviceInfo, QueueRegs, Zhvq};
 use rings::{MemError, Region};
 
 use crate::queue::VirtioAreas;
@@ -318,20 +318,26 @@ impl GuestDevice {
         })
     }
 
-    /// Queue `q`'s packed layout (parts anywhere in RAM), checked.
-    fn packed_layout(&self, q: usize) -> Result<PackedLayout, GuestError> {
+    /// Queue `q`'s registers, once the guest set it up with the offered size.
+    fn regs(&self, q: usize) -> Result<QueueRegs, GuestError> {
         let regs = self.ctl.queue(q)?;
-        let bad = |what, value| GuestError::Queue {
-            queue: q,
-            what,
-            value,
-        };
         if !regs.ready {
-            return Err(bad("not set up", 0));
+            return Err(queue_err(q, "not set up", 0));
         }
         if regs.num != u32::from(self.cfg.queue_size) {
-            return Err(bad("size differs from the offered one", regs.num.into()));
+            return Err(queue_err(
+                q,
+                "size differs from the offered one",
+                regs.num.into(),
+            ));
         }
+        Ok(regs)
+    }
+
+    /// Queue `q`'s packed layout (parts anywhere in RAM), checked.
+    fn packed_layout(&self, q: usize) -> Result<PackedLayout, GuestError> {
+        let regs = self.regs(q)?;
+        let bad = |what, value| queue_err(q, what, value);
         let off = |a: u64| usize::try_from(a).map_err(|_| bad("beyond RAM", a));
         let l = PackedLayout::at(
             self.cfg.queue_size,
@@ -348,18 +354,8 @@ impl GuestDevice {
 
     /// Queue `q`'s ring region, checked against the split layout and the RAM size.
     fn ring(&self, q: usize) -> Result<Region, GuestError> {
-        let regs = self.ctl.queue(q)?;
-        let bad = |what, value| GuestError::Queue {
-            queue: q,
-            what,
-            value,
-        };
-        if !regs.ready {
-            return Err(bad("not set up", 0));
-        }
-        if regs.num != u32::from(self.cfg.queue_size) {
-            return Err(bad("size differs from the offered one", regs.num.into()));
-        }
+        let regs = self.regs(q)?;
+        let bad = |what, value| queue_err(q, what, value);
         let layout = SplitLayout::new(self.cfg.queue_size).map_err(|_| {
             bad("size has no split layout", regs.num.into()) // checked at create
         })?;
@@ -389,6 +385,10 @@ impl GuestDevice {
 
 fn config(what: &'static str, value: u64) -> GuestError {
     GuestError::Config { what, value }
+}
+
+fn queue_err(queue: usize, what: &'static str, value: u64) -> GuestError {
+    GuestError::Queue { queue, what, value }
 }
 
 #[cfg(test)]

@@ -388,15 +388,38 @@ mod tests {
         panic!("the guest did not come up");
     }
 
-    fn announcements_and_echoes(packed: bool) {
+    /// Boots a guest, waits for Up, and creates a "rpmsg-raw" endpoint (not announced).
+    fn boot_with_endpoint(
+        link: &mut GuestLink,
+        cfg: &GuestLinkConfig,
+        reset_seq: u32,
+        packed: bool,
+    ) -> (Guest, crate::EndpointId, u32) {
+        let g = Guest::boot(cfg, reset_seq, packed);
+        up(link);
+        let bus = link.bus().unwrap();
+        let ep = bus
+            .create_endpoint(Some("rpmsg-raw"), Addr::Dynamic)
+            .unwrap();
+        let addr = bus.addr(ep).unwrap();
+        (g, ep, addr)
+    }
+
+    /// 1 MiB of guest RAM, 8-entry queues, files named by `tag`.
+    fn test_cfg(tag: &str, packed: bool) -> GuestLinkConfig {
         let pid = std::process::id();
         let mut cfg = GuestLinkConfig::new(
-            format!("/dev/shm/zerohop-test-rg-ram-{packed}-{pid}"),
+            format!("/dev/shm/zerohop-test-rg-ram-{tag}-{pid}"),
             1 << 20,
-            format!("/dev/shm/zerohop-test-rg-ctl-{packed}-{pid}"),
+            format!("/dev/shm/zerohop-test-rg-ctl-{tag}-{pid}"),
         );
         cfg.queue_size = 8;
         cfg.packed = packed;
+        cfg
+    }
+
+    fn announcements_and_echoes(packed: bool) {
+        let cfg = test_cfg(if packed { "packed" } else { "split" }, packed);
         let mut link = GuestLink::create(&cfg).unwrap();
         assert!(link.bus().is_none());
         let want = VIRTIO_F_EVENT_IDX
@@ -474,27 +497,15 @@ mod tests {
 
     #[test]
     fn a_guest_scribbling_over_its_rings_breaks_only_its_own_link() {
-        let pid = std::process::id();
-        let mut cfg = GuestLinkConfig::new(
-            format!("/dev/shm/zerohop-test-rg-ram-h-{pid}"),
-            1 << 20,
-            format!("/dev/shm/zerohop-test-rg-ctl-h-{pid}"),
-        );
-        cfg.queue_size = 8;
-        // Offered; the guest takes packed rings in even rounds, split in odd ones.
-        cfg.packed = true;
+        // Packed offered; the guest takes packed rings in even rounds, split in odd ones.
+        let cfg = test_cfg("hostile", true);
         let mut link = GuestLink::create(&cfg).unwrap();
         let l = SplitLayout::new(cfg.queue_size).unwrap();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut violations = 0;
         for round in 1..=20u32 {
-            let mut g = Guest::boot(&cfg, 2 * round - 1, round % 2 == 0);
-            up(&mut link);
-            let bus = link.bus().unwrap();
-            let ep = bus
-                .create_endpoint(Some("rpmsg-raw"), Addr::Dynamic)
-                .unwrap();
-            let addr = bus.addr(ep).unwrap();
+            let (mut g, ep, addr) =
+                boot_with_endpoint(&mut link, &cfg, 2 * round - 1, round % 2 == 0);
             g.send(0, 0x400, addr, b"ok");
             // Then garbage over both rings (descriptors, indices, used entries) and a
             // transmit buffer's header, while the device polls and sends.
@@ -523,13 +534,7 @@ mod tests {
             // Whatever the damage, the guest's reset brings a clean link back.
             assert_eq!(g.reset(2 * round, &mut link), GuestEvent::Reset);
         }
-        let mut g = Guest::boot(&cfg, 41, false);
-        up(&mut link);
-        let bus = link.bus().unwrap();
-        let ep = bus
-            .create_endpoint(Some("rpmsg-raw"), Addr::Dynamic)
-            .unwrap();
-        let addr = bus.addr(ep).unwrap();
+        let (mut g, ep, addr) = boot_with_endpoint(&mut link, &cfg, 41, false);
         g.send(0, 0x400, addr, b"after");
         let bus = link.bus().unwrap();
         bus.poll().unwrap();

@@ -14,6 +14,17 @@
 //! name_service = true        # VIRTIO_RPMSG_F_NS (default true)
 //! rx_queue_depth = 32        # per endpoint (default 32)
 //!
+//! [[guest]]                  # a Linux guest's virtio_rpmsg_bus (crate::guest): we are
+//! name = "vm0"               # its remote; endpoints name it like a link
+//! ram = "/dev/shm/vm0-ram"   # QEMU memory-backend-file,mem-path=...,share=on
+//! ram_mib = 256              # QEMU -m (1..=2048)
+//! control = "/dev/shm/vm0-ctl"   # the ivshmem-plain memdev
+//! control_size = 4096        # a power of two, 4 KiB..=64 MiB (default 4096)
+//! queue_size = 256           # entries per virtqueue (default 256)
+//! packed = false             # also offer packed virtqueues (default false)
+//! name_service = true        # (default true)
+//! rx_queue_depth = 256       # per endpoint (default: queue_size)
+//!
 //! [[endpoint]]
 //! link = "l0"
 //! name = "rpmsg-echo"        # optional service name
@@ -29,6 +40,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::bus::Addr;
+use crate::guest::GuestLinkConfig;
 use crate::link::{LinkConfig, RingMode, Role};
 use crate::wire::{ADDR_ANY, NAME_SIZE, NS_ADDR, VIRTIO_RPMSG_F_NS};
 
@@ -48,7 +60,23 @@ struct RawFile {
     #[serde(default)]
     link: Vec<Spanned<RawLink>>,
     #[serde(default)]
+    guest: Vec<Spanned<RawGuest>>,
+    #[serde(default)]
     endpoint: Vec<Spanned<RawEndpoint>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuest {
+    name: Spanned<String>,
+    ram: Spanned<String>,
+    ram_mib: Spanned<u32>,
+    control: Spanned<String>,
+    control_size: Option<Spanned<usize>>,
+    queue_size: Option<Spanned<u32>>,
+    packed: Option<bool>,
+    name_service: Option<bool>,
+    rx_queue_depth: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +121,16 @@ pub struct LinkEntry {
     pub config: LinkConfig,
 }
 
+/// One Linux guest of the file (`[[guest]]`): open it with
+/// [`GuestLink::create`](crate::guest::GuestLink::create).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestEntry {
+    /// The guest link's name (endpoints refer to it like to a link).
+    pub name: String,
+    /// Its settings.
+    pub config: GuestLinkConfig,
+}
+
 /// One endpoint of the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointEntry {
@@ -113,6 +151,8 @@ pub struct EndpointEntry {
 pub struct Config {
     /// Links, in file order.
     pub links: Vec<LinkEntry>,
+    /// Linux guests, in file order.
+    pub guests: Vec<GuestEntry>,
     /// Endpoints, in file order.
     pub endpoints: Vec<EndpointEntry>,
 }
@@ -215,10 +255,80 @@ impl Config {
                 config: c,
             });
         }
+        for g in &raw.guest {
+            let r = g.get_ref();
+            if !names.insert(r.name.get_ref().clone()) {
+                return Err(src.err(
+                    r.name.span(),
+                    format!("duplicate link {:?}", r.name.get_ref()),
+                ));
+            }
+            let mib = *r.ram_mib.get_ref();
+            if !(1..=2048).contains(&mib) {
+                return Err(src.err(r.ram_mib.span(), format!("ram_mib {mib} outside 1..=2048")));
+            }
+            let mut c = GuestLinkConfig::new(
+                r.ram.get_ref(),
+                mib as usize * (1 << 20),
+                r.control.get_ref(),
+            );
+            if let Some(v) = &r.control_size {
+                let n = *v.get_ref();
+                if !n.is_power_of_two() || !(4096..=pmd::guest::MAX_CONTROL).contains(&n) {
+                    return Err(src.err(
+                        v.span(),
+                        format!("control_size {n} is not a power of two in 4096..=64 MiB"),
+                    ));
+                }
+                c.control_size = n;
+            }
+            if let Some(v) = &r.queue_size {
+                let n = *v.get_ref();
+                if !n.is_power_of_two() || !(2..=32768).contains(&n) {
+                    return Err(src.err(
+                        v.span(),
+                        format!("queue_size {n} is not a power of two in 2..=32768"),
+                    ));
+                }
+                c.queue_size = n as u16;
+            }
+            c.packed = r.packed.unwrap_or(false);
+            // Every message the guest sends holds one of its transmit buffers until it
+            // is released: a queue this deep never drops.
+            c.bus.rx_queue_depth = usize::from(c.queue_size);
+            if let Some(v) = &r.rx_queue_depth {
+                if *v.get_ref() == 0 || *v.get_ref() > u16::MAX as usize {
+                    return Err(src.err(
+                        v.span(),
+                        format!("rx_queue_depth {} outside 1..=65535", v.get_ref()),
+                    ));
+                }
+                c.bus.rx_queue_depth = *v.get_ref();
+            }
+            if r.name_service == Some(false) {
+                c.bus.features &= !(1 << VIRTIO_RPMSG_F_NS);
+            }
+            out.guests.push(GuestEntry {
+                name: r.name.get_ref().clone(),
+                config: c,
+            });
+        }
         let mut addrs = HashSet::new();
         for e in &raw.endpoint {
             let r = e.get_ref();
-            let Some(link) = out.links.iter().find(|l| &l.name == r.link.get_ref()) else {
+            let want = r.link.get_ref();
+            let link = out
+                .links
+                .iter()
+                .find(|l| &l.name == want)
+                .map(|l| (&l.name, l.config.bus.features))
+                .or_else(|| {
+                    out.guests
+                        .iter()
+                        .find(|g| &g.name == want)
+                        .map(|g| (&g.name, g.config.bus.features))
+                });
+            let Some((link_name, link_features)) = link else {
                 return Err(src.err(
                     r.link.span(),
                     format!("unknown link {:?}", r.link.get_ref()),
@@ -260,10 +370,10 @@ impl Config {
             if r.announce && r.name.is_none() {
                 return Err(src.err(e.span(), "announce = true needs a name"));
             }
-            if r.announce && link.config.bus.features & (1 << VIRTIO_RPMSG_F_NS) == 0 {
+            if r.announce && link_features & (1 << VIRTIO_RPMSG_F_NS) == 0 {
                 return Err(src.err(
                     e.span(),
-                    format!("announce on link {:?} whose name_service is off", link.name),
+                    format!("announce on link {link_name:?} whose name_service is off"),
                 ));
             }
             out.endpoints.push(EndpointEntry {

@@ -613,6 +613,58 @@ fn config_errors_name_the_line() {
 }
 
 #[test]
+fn config_guests() {
+    let c = Config::parse(
+        r#"
+[[guest]]
+name = "vm0"
+ram = "/dev/shm/vm0-ram"
+ram_mib = 512
+control = "/dev/shm/vm0-ctl"
+queue_size = 64
+packed = true
+
+[[endpoint]]
+link = "vm0"
+name = "rpmsg-raw"
+addr = 1030
+announce = true
+"#,
+    )
+    .unwrap();
+    let g = &c.guests[0];
+    assert_eq!(g.name, "vm0");
+    assert_eq!(g.config.ram_size, 512 << 20);
+    assert_eq!((g.config.queue_size, g.config.packed), (64, true));
+    assert_eq!(g.config.control_size, 4096);
+    assert_eq!(g.config.bus.rx_queue_depth, 64);
+    assert_eq!(c.endpoints[0].link, "vm0");
+
+    let base = "[[guest]]\nname = \"vm0\"\nram = \"r\"\nram_mib = 256\ncontrol = \"c\"\n";
+    let cases = [
+        (format!("{base}queue_size = 100\n"), 6, "power of two"),
+        (format!("{base}control_size = 1000\n"), 6, "control_size"),
+        (base.replace("256", "0"), 4, "ram_mib 0"),
+        (
+            format!("{base}[[link]]\nname = \"vm0\"\nwindow = \"w\"\nmode = \"posted\"\nrole = \"host\"\n"),
+            2, // links are read first: the guest is the duplicate
+            "duplicate link",
+        ),
+        (
+            format!("{base}name_service = false\n[[endpoint]]\nlink = \"vm0\"\nname = \"x\"\naddr = 2\nannounce = true\n"),
+            7,
+            "name_service is off",
+        ),
+        (format!("{base}ring_size = 8\n"), 6, "ring_size"),
+    ];
+    for (text, line, what) in cases {
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.line, line, "{e} in\n{text}");
+        assert!(e.msg.contains(what), "{e}");
+    }
+}
+
+#[test]
 fn inline_payload_follows_mode_and_slot_size() {
     use crate::link::{LinkConfig, RingMode, Role};
     let mut c = LinkConfig::new("/dev/shm/unused", RingMode::Posted, Role::Host);

@@ -53,7 +53,7 @@
 //! Why an `RxMbuf` holds a raw pointer and not an `Arc`: an `Arc` per packet is an
 //! atomic increment and decrement on a line shared by every lcore. Instead the
 //! per-queue state ([`RxShared`], which also keeps the window mapped) lives in a
-//! `Box` owned by [`QueueShared`], and the invariant that makes the pointer sound is:
+//! `Box` owned by `QueueShared`, and the invariant that makes the pointer sound is:
 //! **`RxShared` is freed only when no `RxMbuf` of its queue is out.** Each receive
 //! burst adds its count and every free through the handle subtracts it in a plain
 //! field of the handle (no atomic on the fast path: a locked instruction would wait

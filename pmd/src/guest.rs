@@ -13,16 +13,18 @@
 //! The device creates both files (exclusively, mode 0600) and writes the block before
 //! the guest boots; the guest's `zh_virtio` driver (rpmsg-fast/linux) registers a
 //! virtio device of the block's id, and once its driver sets DRIVER_OK,
-//! [`GuestDevice::poll`] reports [`GuestEvent::Up`] and [`GuestDevice::areas`] turns
-//! the queue registers into [`VirtioAreas`] for a [`crate::queue::VirtioBackend`].
+//! [`GuestDevice::poll`] reports [`GuestEvent::Up`] and [`GuestDevice::rings`] turns
+//! the queue registers into [`VirtioAreas`] (split) or device halves (packed, when the
+//! guest accepted `VIRTIO_F_RING_PACKED`) for a [`crate::queue::VirtioBackend`].
 //! Queue `2k` is the pair's receive queue (device -> guest: `VirtioAreas::rx_ring`),
 //! `2k + 1` its transmit queue (guest -> device), the virtio-net / rpmsg order.
 //!
-//! Every register is guest-written and checked: the ring must be exactly where
+//! Every register is guest-written and checked: a split ring must be exactly where
 //! `rings::split::SplitLayout` puts desc/avail/used (the driver creates it with used
-//! alignment 4), lie inside the RAM file, and have the offered size; descriptors are
-//! then checked against the RAM size by the split device half. A bad register is a
-//! typed [`GuestError`]; the device stays down until the guest resets it.
+//! alignment 4), a packed ring's three parts aligned and apart
+//! (`rings::packed::PackedLayout::at`); both inside the RAM file, of the offered size.
+//! Descriptors are then checked against the RAM size by the device halves. A bad
+//! register is a typed [`GuestError`]; the device stays down until the guest resets it.
 
 use std::path::{Path, PathBuf};
 

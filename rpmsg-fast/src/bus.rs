@@ -436,7 +436,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
         Ok(())
     }
 
-    /// Frees the ring buffers released since the last poll (one batch). [`poll`]
+    /// Frees the ring buffers released since the last poll (one batch). [`poll`](Self::poll)
     /// (Self::poll) does this first, so a busy-poll loop never needs it; call it
     /// when you stop polling but keep the link.
     pub fn flush(&mut self) -> Result<(), RpmsgError> {

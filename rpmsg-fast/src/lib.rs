@@ -13,7 +13,7 @@
 //! - [`guest`]: [`guest::GuestLink`], the remote of a Linux guest's own
 //!   `virtio_rpmsg_bus` (its RAM shared, the ZHVQ transport of `rpmsg-fast/linux`).
 //! - [`config`]: links and endpoints from a TOML file.
-//! - [`bench`]: the two-process benchmark's loops (`zerohop rpmsg-bench`).
+//! - [`bench`](mod@bench): the two-process benchmark's loops (`zerohop rpmsg-bench`).
 //!
 //! ```no_run
 //! use rpmsg_fast::{Addr, Link, LinkConfig, RingMode, Role};

@@ -137,8 +137,8 @@ impl LinkConfig {
     }
 
     /// Largest payload a send carries inline, in its ring slot (posted mode; 0 in
-    /// split and packed mode). Up to this size the copying [`Link::send`] beats
-    /// [`Link::send_nocopy`]: the message rides in the slot's own cache lines, not in
+    /// split and packed mode). Up to this size the copying [`Rpmsg::send`] beats
+    /// [`Rpmsg::send_nocopy`]: the message rides in the slot's own cache lines, not in
     /// a buffer line more (64 B echo round trip 395 against 455 ns, docs/RPMSG.md),
     /// so reply with `send` when the payload fits.
     pub fn inline_payload(&self) -> usize {

@@ -192,7 +192,7 @@ pub struct HugeWindow {
     region: Region,
     kind: WindowKind,
     spec: String,
-    /// The file a peer opens: a hugetlbfs/fallback file, or /proc/<pid>/fd/<n>.
+    /// The file a peer opens: a hugetlbfs/fallback file, or `/proc/<pid>/fd/<n>`.
     path: PathBuf,
     /// The memfd, kept open so `path` stays valid.
     memfd: Option<File>,

@@ -19,7 +19,7 @@
 //! ```
 //!
 //! Only the constructors touch raw memory (through `memmap2`, with a `// SAFETY:`
-//! comment at the one `Region::from_raw` call in [`map_file`]); the rest of the code
+//! comment at the one `Region::from_raw` call in `map_file`); the rest of the code
 //! goes through [`rings::Region`], which is bounds-checked. The [`Region`] keeps the
 //! mapping alive (it owns an `Arc` of it), so sub-regions may outlive the window
 //! object; dropping the window only removes a file it created.

@@ -180,7 +180,7 @@ pub struct TestpmdArgs {
     #[arg(long, value_enum, default_value_t = RoleArg::Both)]
     pub role: RoleArg,
     /// The link window: a /dev/shm path or any window spec (shm:PATH, huge:..., pci:...).
-    /// Default: a fresh /dev/shm/zerohop-testpmd-<pid>, removed afterwards.
+    /// Default: a fresh `/dev/shm/zerohop-testpmd-<pid>`, removed afterwards.
     #[arg(long, value_name = "PATH|SPEC")]
     pub window: Option<String>,
     /// Seconds of traffic.

@@ -32,6 +32,8 @@ fn quick_floor_and_spsc_json() {
     for key in [
         "floor.rtt1",
         "floor.rtt2",
+        "floor.rttmsg",
+        "floor.rttshared",
         "copy.65536.nt",
         "spsc.zh_chunk",
         "spsc.rtrb",

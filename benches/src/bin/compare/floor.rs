@@ -7,6 +7,7 @@
 //!  1 line:   off 0 := 2k+1       ---->  sees it; off 0 := 2k+2  (the same line back)
 //!  2 lines:  off 0 := k          ---->  sees it; off 128 := k   (a line per direction)
 //!  message:  off 0 slot: 64 B + tag ---> reads it all; slot at off 4096 := 64 B + tag
+//!  shared:   off 0 slot: 64 B + tag 2k+1 ---> reads it all; the same slot := 64 B + 2k+2
 //!  u64::MAX at off 0 = stop; batches of 1000 round trips are timed and divided
 //! ```
 //!
@@ -14,7 +15,9 @@
 //! move a 64-byte packet: the payload and a tag after it in a 128-byte slot of the
 //! reader's memory (two cache lines, as a posted slot's 16-byte header and 64 bytes
 //! of payload), written with plain stores, tag last; the reader polls the tag, then
-//! reads the payload.
+//! reads the payload. The shared-message floor drops that rule: request and reply
+//! take turns in the same two lines, as the 1-line floor does with one line. It bounds
+//! what any layout, whoever's memory it sits in, can do for a 64-byte round trip.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -43,29 +46,48 @@ pub enum Floor {
     TwoLines,
     /// A 64-byte payload and a tag per direction, in two lines of the reader's memory.
     Message,
+    /// A 64-byte payload and a tag, both directions through the same two lines.
+    SharedMessage,
 }
 
 impl Floor {
+    /// Every floor, in the order a repeat measures them.
+    pub const ALL: [Floor; 4] = [
+        Floor::OneLine,
+        Floor::TwoLines,
+        Floor::Message,
+        Floor::SharedMessage,
+    ];
+
+    /// Do both directions go through the same place (pings odd, answers even)?
+    fn shared(self) -> bool {
+        matches!(self, Floor::OneLine | Floor::SharedMessage)
+    }
+
+    /// Does a message carry a 64-byte payload besides its tag?
+    fn has_payload(self) -> bool {
+        matches!(self, Floor::Message | Floor::SharedMessage)
+    }
+
     /// The `--peer` argument of its peer process.
     pub fn peer_arg(self) -> &'static str {
         match self {
             Floor::OneLine => "floor1",
             Floor::TwoLines => "floor2",
             Floor::Message => "floormsg",
+            Floor::SharedMessage => "floorshared",
         }
     }
 
     /// Parses [`peer_arg`](Self::peer_arg).
     pub fn from_peer_arg(s: &str) -> Option<Floor> {
-        [Floor::OneLine, Floor::TwoLines, Floor::Message]
-            .into_iter()
-            .find(|f| f.peer_arg() == s)
+        Floor::ALL.into_iter().find(|f| f.peer_arg() == s)
     }
 
     /// Where the answer to `ping` is written, and its value.
     fn answer(self, ping: u64) -> (usize, u64) {
         match self {
-            Floor::OneLine => (PING_OFF, ping + 1),
+            Floor::OneLine | Floor::SharedMessage => (PING_OFF, ping + 1),
             Floor::TwoLines => (PONG_LINE_OFF, ping),
             Floor::Message => (PONG_SLOT_OFF, ping),
         }
@@ -73,14 +95,14 @@ impl Floor {
 
     /// Is `v` at the ping word a ping not yet answered (`last` is the last answer)?
     fn fresh(self, v: u64, last: u64) -> bool {
-        v != last && (self != Floor::OneLine || v & 1 == 1)
+        v != last && (!self.shared() || v & 1 == 1)
     }
 }
 
-/// Writes `tag` at `off`; for the message floor, a 64-byte payload first (Relaxed
+/// Writes `tag` at `off`; for the message floors, a 64-byte payload first (Relaxed
 /// stores; the tag's Release orders them before it).
 fn send(m: &Region, f: Floor, off: usize, tag: u64) -> Result<(), String> {
-    if f == Floor::Message {
+    if f.has_payload() {
         for w in 0..8 {
             m.store_u64(
                 off + MSG_PAYLOAD_OFF + 8 * w,
@@ -97,7 +119,7 @@ fn send(m: &Region, f: Floor, off: usize, tag: u64) -> Result<(), String> {
 
 /// The reader's side of a received message: its 64-byte payload (checked).
 fn take(m: &Region, f: Floor, off: usize, tag: u64) -> Result<(), String> {
-    if f == Floor::Message {
+    if f.has_payload() {
         for w in 0..8 {
             // Relaxed: ordered after the tag's Acquire load.
             let v = m
@@ -140,8 +162,8 @@ fn pinger(m: &Region, f: Floor, batches: usize) -> Result<Vec<f64>, String> {
     let mut seq = 0u64;
     let mut spins = 0u32;
     let mut rt = || -> Result<(), String> {
-        seq += if f == Floor::OneLine { 2 } else { 1 };
-        let ping = if f == Floor::OneLine { seq - 1 } else { seq };
+        seq += if f.shared() { 2 } else { 1 };
+        let ping = if f.shared() { seq - 1 } else { seq };
         let (off, want) = f.answer(ping);
         send(m, f, PING_OFF, ping)?;
         // Acquire: pairs with the peer's Release store of the answer.

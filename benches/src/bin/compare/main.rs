@@ -209,6 +209,7 @@ impl Case {
             Case::Floor(Floor::OneLine) => "floor.rtt1".into(),
             Case::Floor(Floor::TwoLines) => "floor.rtt2".into(),
             Case::Floor(Floor::Message) => "floor.rttmsg".into(),
+            Case::Floor(Floor::SharedMessage) => "floor.rttshared".into(),
             Case::Copy { size, nt } => {
                 format!("copy.{size}.{}", if nt { "nt" } else { "plain" })
             }
@@ -237,6 +238,9 @@ impl Case {
             Case::Floor(Floor::TwoLines) => "floor: 2 lines ping-pong, 2 processes".into(),
             Case::Floor(Floor::Message) => {
                 "floor: 64 B message ping-pong (payload + tag, 2 lines in the reader's memory), 2 processes".into()
+            }
+            Case::Floor(Floor::SharedMessage) => {
+                "floor: 64 B message ping-pong, both directions in the same 2 lines, 2 processes".into()
             }
             Case::Copy { size, nt } => format!(
                 "floor: copy {} to cold memory, 1 core, {}",
@@ -369,7 +373,7 @@ fn schedule(o: &Opts, with_dpdk: bool, with_zh: bool) -> Vec<Case> {
     let dp = on("dpdk") && with_dpdk;
     let mut v = Vec::new();
     if on("floor") {
-        v.extend([Floor::OneLine, Floor::TwoLines, Floor::Message].map(Case::Floor));
+        v.extend(Floor::ALL.map(Case::Floor));
     }
     if on("iceoryx2") {
         v.push(Case::Iox);

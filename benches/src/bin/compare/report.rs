@@ -173,10 +173,12 @@ pub fn ratio_specs() -> Vec<RatioSpec> {
     }
     // The same round trip against the floors a ring that never reads the peer's
     // memory can reach (GUIDE.md section 3): a line per direction, and a 64-byte
-    // message (two lines) per direction.
+    // message (two lines) per direction; and against the best any layout can do
+    // for a 64-byte message (both directions in the same two lines).
     for (den, what) in [
         ("floor.rtt2", "2-line floor"),
         ("floor.rttmsg", "64 B message floor"),
+        ("floor.rttshared", "shared 64 B message floor"),
     ] {
         add(
             format!("posted 64 B ping-pong RTT / {what}; lower is better"),

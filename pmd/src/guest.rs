@@ -19,6 +19,12 @@
 //! Queue `2k` is the pair's receive queue (device -> guest: `VirtioAreas::rx_ring`),
 //! `2k + 1` its transmit queue (guest -> device), the virtio-net / rpmsg order.
 //!
+//! The registers can instead be a remoteproc resource table ([`Transport::Rproc`],
+//! the [`rings::rproc`] ZHRT block): the guest's `zh_rproc` driver hands it to Linux's
+//! remoteproc core, which attaches as to a running remote processor and writes the
+//! vring addresses into it. Same RAM file, same checks; split rings only (remoteproc
+//! speaks legacy virtio, 32 feature bits) and one queue pair.
+//!
 //! Every register is guest-written and checked: a split ring must be exactly where
 //! `rings::split::SplitLayout` puts desc/avail/used (the driver creates it with used
 //! alignment 4), a packed ring's three parts aligned and apart
@@ -28,8 +34,10 @@
 
 use std::path::{Path, PathBuf};
 
+use rings::control::status;
 use rings::features::VIRTIO_F_RING_PACKED;
 use rings::packed::{PackedDevice, PackedLayout};
+use rings::rproc::{Rproc, VdevInfo};
 use rings::split::SplitLayout;
 use rings::zhvq::{self, DeviceInfo, QueueRegs, Zhvq};
 use rings::{MemError, Region};
@@ -59,6 +67,19 @@ pub struct GuestConfig {
     pub queue_pairs: u16,
     /// Entries per virtqueue (a power of two).
     pub queue_size: u16,
+    /// The register block in the control file.
+    pub transport: Transport,
+}
+
+/// The register block a [`GuestDevice`] writes into its control file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The [`rings::zhvq`] block, for the guest's `zh_virtio` transport.
+    #[default]
+    Zhvq,
+    /// The [`rings::rproc`] resource table, for the guest's `zh_rproc` driver and
+    /// Linux's remoteproc core (one queue pair, split rings, 32 feature bits).
+    Rproc,
 }
 
 /// Largest guest RAM mapped one to one (QEMU's pc/q35 machines put RAM above this
@@ -143,7 +164,7 @@ pub enum GuestEvent {
 /// The device side of one guest's ZHVQ transport; see the [module docs](self).
 #[derive(Debug)]
 pub struct GuestDevice {
-    ctl: Zhvq<Region>,
+    ctl: Regs,
     cfg: GuestConfig,
     /// The negotiated features while the guest driver is up.
     up: Option<u64>,
@@ -184,15 +205,41 @@ impl GuestDevice {
         if cfg.required & !cfg.features != 0 {
             return Err(config("required features not offered", cfg.required));
         }
+        let features32 = u32::try_from(cfg.features);
+        if cfg.transport == Transport::Rproc {
+            if cfg.queue_pairs != 1 {
+                return Err(config(
+                    "a remoteproc vdev has one queue pair",
+                    cfg.queue_pairs.into(),
+                ));
+            }
+            if features32.is_err() {
+                return Err(config("remoteproc carries 32 feature bits", cfg.features));
+            }
+        }
         let control = ShmWindow::create(&cfg.control, cfg.control_size)?;
         let ram = ShmWindow::create(&cfg.ram, cfg.ram_size)?;
-        let ctl = Zhvq::new(control.region().clone())?;
-        ctl.init(&DeviceInfo {
-            device_id: cfg.device_id,
-            num_queues: queues,
-            queue_size: u32::from(qs),
-            features: cfg.features,
-        })?;
+        let mem = control.region().clone();
+        let ctl = match (cfg.transport, features32) {
+            (Transport::Rproc, Ok(features)) => Regs::Rproc(Rproc::create(
+                mem,
+                VdevInfo {
+                    device_id: cfg.device_id,
+                    features,
+                    queue_size: u32::from(qs),
+                },
+            )?),
+            _ => {
+                let z = Zhvq::new(mem)?;
+                z.init(&DeviceInfo {
+                    device_id: cfg.device_id,
+                    num_queues: queues,
+                    queue_size: u32::from(qs),
+                    features: cfg.features,
+                })?;
+                Regs::Zhvq(z)
+            }
+        };
         Ok(GuestDevice {
             ctl,
             cfg: cfg.clone(),
@@ -248,7 +295,7 @@ impl GuestDevice {
             return Ok(GuestEvent::Idle);
         }
         let status = self.ctl.status()?;
-        if status & zhvq::status::FAILED != 0 || status & zhvq::status::DRIVER_OK == 0 {
+        if status & status::FAILED != 0 || status & status::DRIVER_OK == 0 {
             return Ok(GuestEvent::Idle);
         }
         let accepted = self.ctl.driver_features()?;
@@ -385,6 +432,64 @@ impl GuestDevice {
     }
 }
 
+/// The control file's register block: the calls [`GuestDevice`] makes, on either.
+#[derive(Debug)]
+enum Regs {
+    Zhvq(Zhvq<Region>),
+    Rproc(Rproc<Region>),
+}
+
+impl Regs {
+    fn beat(&self) -> Result<(), MemError> {
+        match self {
+            Regs::Zhvq(z) => z.beat(),
+            Regs::Rproc(r) => r.beat(),
+        }
+    }
+
+    fn pending_reset(&self) -> Result<Option<u32>, MemError> {
+        match self {
+            Regs::Zhvq(z) => z.pending_reset(),
+            Regs::Rproc(r) => r.pending_reset(),
+        }
+    }
+
+    fn ack_reset(&self, seq: u32) -> Result<(), MemError> {
+        match self {
+            Regs::Zhvq(z) => z.ack_reset(seq),
+            Regs::Rproc(r) => r.ack_reset(seq),
+        }
+    }
+
+    fn status(&self) -> Result<u32, MemError> {
+        match self {
+            Regs::Zhvq(z) => z.status(),
+            Regs::Rproc(r) => r.status(),
+        }
+    }
+
+    fn driver_features(&self) -> Result<u64, MemError> {
+        match self {
+            Regs::Zhvq(z) => z.driver_features(),
+            Regs::Rproc(r) => r.driver_features(),
+        }
+    }
+
+    fn kicks(&self) -> Result<u32, MemError> {
+        match self {
+            Regs::Zhvq(z) => z.kicks(),
+            Regs::Rproc(r) => r.kicks(),
+        }
+    }
+
+    fn queue(&self, q: usize) -> Result<QueueRegs, MemError> {
+        match self {
+            Regs::Zhvq(z) => z.queue(q),
+            Regs::Rproc(r) => r.queue(q),
+        }
+    }
+}
+
 fn config(what: &'static str, value: u64) -> GuestError {
     GuestError::Config { what, value }
 }
@@ -412,6 +517,7 @@ mod tests {
             required: 1 << 29,
             queue_pairs: 1,
             queue_size: 8,
+            transport: Transport::Zhvq,
         }
     }
 
@@ -594,6 +700,90 @@ mod tests {
         }
     }
 
+    /// What Linux's remoteproc core writes into the table when it attaches (vring
+    /// addresses, gfeatures, then status), at `rings::rproc::off`.
+    fn rproc_attach(ctl: &Region, gfeatures: u32, das: [u32; 2]) {
+        use rings::rproc::off;
+        for (i, da) in das.into_iter().enumerate() {
+            ctl.store_u32(off::VRING + off::VRING_SIZE * i, da, Ordering::Relaxed)
+                .unwrap();
+        }
+        ctl.store_u32(off::GFEATURES, gfeatures, Ordering::Relaxed)
+            .unwrap();
+        ctl.store_u32(off::STATUS, (2 << 8) | 0xf, Ordering::Release)
+            .unwrap();
+    }
+
+    #[test]
+    fn remoteproc_table_attach_refusal_and_reset() {
+        use rings::rproc::{self, off};
+        let c = GuestConfig {
+            transport: Transport::Rproc,
+            features: (1 << 29) | 1,
+            ..cfg("rproc")
+        };
+        let mut d = GuestDevice::create(&c).unwrap();
+        let ctl = ShmWindow::open(&c.control, &crate::window::OpenOptions::new()).unwrap();
+        let ctl = ctl.region().clone();
+        assert_eq!(ctl.load_u32(0, Ordering::Acquire).unwrap(), rproc::MAGIC);
+        assert_eq!(d.poll().unwrap(), GuestEvent::Idle);
+
+        rproc_attach(&ctl, (1 << 29) | 1, [0x1000, 0x2000]);
+        assert_eq!(
+            d.poll().unwrap(),
+            GuestEvent::Up {
+                features: (1 << 29) | 1
+            }
+        );
+        let GuestRings::Split(a) = d.rings(0).unwrap() else {
+            panic!("split rings expected");
+        };
+        assert_eq!(a.rx_ring.len(), SplitLayout::new(8).unwrap().size());
+        assert_eq!(d.kicks().unwrap(), 0);
+
+        // The stop op's handshake: reported, and the table rewritten at the ack.
+        ctl.store_u32(off::STATUS, 2 << 8, Ordering::Relaxed)
+            .unwrap();
+        ctl.store_u32(off::RESET_SEQ, 1, Ordering::Release).unwrap();
+        assert_eq!(d.poll().unwrap(), GuestEvent::Reset);
+        drop(a);
+        d.ack_reset().unwrap();
+        assert_eq!(ctl.load_u32(off::RESET_ACK, Ordering::Acquire).unwrap(), 1);
+        assert_eq!(
+            ctl.load_u32(off::VRING, Ordering::Relaxed).unwrap(),
+            rproc::FW_RSC_ADDR_ANY
+        );
+
+        // Refused: a vring past RAM, a vring misaligned, EVENT_IDX not accepted, a
+        // scribbled align; each until the next reset.
+        let cases: [(u32, [u32; 2], u32); 4] = [
+            (1 << 29, [0x1000, (1 << 20) - 64], 4),
+            (1 << 29, [0x1008, 0x2000], 4),
+            (1, [0x1000, 0x2000], 4),
+            (1 << 29, [0x1000, 0x2000], 4096),
+        ];
+        for (seq, (features, das, align)) in (2u32..).zip(cases) {
+            ctl.store_u32(off::VRING + 4, align, Ordering::Relaxed)
+                .unwrap();
+            rproc_attach(&ctl, features, das);
+            assert!(d.poll().is_err(), "case {seq}");
+            assert_eq!(d.poll().unwrap(), GuestEvent::Idle, "refused until reset");
+            ctl.store_u32(off::RESET_SEQ, seq, Ordering::Release)
+                .unwrap();
+            assert_eq!(d.poll().unwrap(), GuestEvent::Idle);
+            assert_eq!(
+                ctl.load_u32(off::RESET_ACK, Ordering::Acquire).unwrap(),
+                seq
+            );
+            // The ack put the offered align back.
+            assert_eq!(ctl.load_u32(off::VRING + 4, Ordering::Relaxed).unwrap(), 4);
+        }
+        rproc_attach(&ctl, 1 << 29, [0x3000, 0x4000]);
+        assert!(matches!(d.poll().unwrap(), GuestEvent::Up { .. }));
+        drop(d);
+        assert!(!c.ram.exists() && !c.control.exists());
+    }
+
     #[test]
     fn bad_settings_are_refused_before_any_file_exists() {
         let base = cfg("settings");
@@ -620,6 +810,17 @@ mod tests {
             },
             GuestConfig {
                 required: 1 << 50,
+                ..base.clone()
+            },
+            // remoteproc: 32 feature bits, one queue pair.
+            GuestConfig {
+                transport: Transport::Rproc,
+                ..base.clone()
+            },
+            GuestConfig {
+                transport: Transport::Rproc,
+                features: (1 << 29) | 1,
+                queue_pairs: 2,
                 ..base.clone()
             },
         ];

@@ -15,6 +15,8 @@
 //! - [`pool`]: a fixed-size buffer pool over a region, buffers addressed by offset.
 //! - [`zhvq`]: the ZHVQ block, a virtio transport in shared memory for a Linux
 //!   guest's own virtio drivers.
+//! - [`rproc`]: the ZHRT block, a remoteproc resource table in shared memory that
+//!   Linux's remoteproc core attaches to.
 //!
 //! Every half that reads memory a peer writes treats it as hostile (GUIDE.md section 8):
 //! each value is fetched once, validated, then used, and violations are typed
@@ -32,6 +34,7 @@ pub mod mem;
 pub mod packed;
 pub mod pool;
 pub mod posted;
+pub mod rproc;
 pub mod split;
 pub mod spsc;
 pub mod sync;

@@ -21,7 +21,8 @@
 //! control = "/dev/shm/vm0-ctl"   # the ivshmem-plain memdev
 //! control_size = 4096        # a power of two, 4 KiB..=64 MiB (default 4096)
 //! queue_size = 256           # entries per virtqueue (default 256)
-//! packed = false             # also offer packed virtqueues (default false)
+//! packed = false             # also offer packed virtqueues (default false; zhvq only)
+//! transport = "zhvq"         # zhvq (zh_virtio) | rproc (zh_rproc + remoteproc)
 //! name_service = true        # (default true)
 //! rx_queue_depth = 256       # per endpoint (default: queue_size)
 //!
@@ -40,7 +41,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::bus::Addr;
-use crate::guest::GuestLinkConfig;
+use crate::guest::{GuestLinkConfig, Transport};
 use crate::link::{LinkConfig, RingMode, Role};
 use crate::wire::{ADDR_ANY, NAME_SIZE, NS_ADDR, VIRTIO_RPMSG_F_NS};
 
@@ -75,6 +76,7 @@ struct RawGuest {
     control_size: Option<Spanned<usize>>,
     queue_size: Option<Spanned<u32>>,
     packed: Option<bool>,
+    transport: Option<Spanned<String>>,
     name_service: Option<bool>,
     rx_queue_depth: Option<Spanned<usize>>,
 }
@@ -293,6 +295,23 @@ impl Config {
                 c.queue_size = n as u16;
             }
             c.packed = r.packed.unwrap_or(false);
+            if let Some(v) = &r.transport {
+                c.transport =
+                    match v.get_ref().as_str() {
+                        "zhvq" => Transport::Zhvq,
+                        "rproc" if c.packed => return Err(src.err(
+                            v.span(),
+                            "transport \"rproc\" makes split rings: packed = true needs \"zhvq\"",
+                        )),
+                        "rproc" => Transport::Rproc,
+                        t => {
+                            return Err(src.err(
+                                v.span(),
+                                format!("transport {t:?} is not \"zhvq\" or \"rproc\""),
+                            ))
+                        }
+                    };
+            }
             // Every message the guest sends holds one of its transmit buffers until it
             // is released: a queue this deep never drops.
             c.bus.rx_queue_depth = usize::from(c.queue_size);

@@ -5,8 +5,10 @@
 //! bus's own ([`Rpmsg`]).
 //!
 //! The guest needs the modules Debian's kernel lacks (rpmsg_core, rpmsg_ns,
-//! virtio_rpmsg_bus, rpmsg_char) and the `zh_virtio` transport of `rpmsg-fast/linux`;
-//! `.ci/rpmsg-linux` builds them and runs a guest against `zerohop rpmsg-guest`.
+//! virtio_rpmsg_bus, rpmsg_char) and a transport of `rpmsg-fast/linux`: `zh_virtio`
+//! (the ZHVQ block) or `zh_rproc` with remoteproc ([`Transport::Rproc`]: a resource
+//! table, the way Linux meets OpenAMP firmware on a board); `.ci/rpmsg-linux` builds
+//! them and runs a guest against `zerohop rpmsg-guest` with each.
 //! docs/RPMSG.md "A Linux peer" has the commands.
 //!
 //! ```no_run
@@ -26,6 +28,7 @@
 use std::path::PathBuf;
 
 use pmd::copy::CopyEngine;
+pub use pmd::guest::Transport;
 use pmd::guest::{GuestConfig, GuestDevice, GuestEvent, GuestRings};
 use pmd::queue::{PktHeader, VirtioBackend, VirtioGeometry};
 use rings::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
@@ -55,7 +58,11 @@ pub struct GuestLinkConfig {
     pub queue_size: u16,
     /// Also offer `VIRTIO_F_RING_PACKED` (the guest's virtio core then makes packed
     /// virtqueues; default false: split, as virtio_rpmsg_bus on remoteproc uses).
+    /// ZHVQ only.
     pub packed: bool,
+    /// The register block: ZHVQ (the guest's `zh_virtio`) or a remoteproc resource
+    /// table (the guest's `zh_rproc` and Linux's remoteproc core; default ZHVQ).
+    pub transport: Transport,
     /// The bus (its buffer sizes must stay 512: virtio_rpmsg_bus' fixed size).
     pub bus: BusConfig,
 }
@@ -70,6 +77,7 @@ impl GuestLinkConfig {
             control_size: 4096,
             queue_size: 256,
             packed: false,
+            transport: Transport::Zhvq,
             bus: BusConfig::default(),
         }
     }
@@ -88,8 +96,9 @@ pub struct GuestLink {
 
 impl GuestLink {
     /// Creates the guest's RAM and control files and offers an rpmsg device
-    /// (`VIRTIO_F_VERSION_1 | VIRTIO_F_EVENT_IDX` and the bus's feature bits; event
-    /// index is required, it is how the device half suppresses notifications).
+    /// (`VIRTIO_F_EVENT_IDX` and the bus's feature bits, plus `VIRTIO_F_VERSION_1`
+    /// over ZHVQ; event index is required, it is how the device half suppresses
+    /// notifications).
     pub fn create(cfg: &GuestLinkConfig) -> Result<GuestLink, RpmsgError> {
         if cfg.bus.tx_buf_size != DEFAULT_BUF_SIZE || cfg.bus.rx_buf_size != DEFAULT_BUF_SIZE {
             return Err(RpmsgError::Config(format!(
@@ -97,19 +106,29 @@ impl GuestLink {
                 cfg.bus.tx_buf_size, cfg.bus.rx_buf_size
             )));
         }
+        let features = match (cfg.transport, cfg.packed) {
+            (Transport::Zhvq, packed) => {
+                VIRTIO_F_VERSION_1 | if packed { VIRTIO_F_RING_PACKED } else { 0 }
+            }
+            // remoteproc: legacy virtio, split rings, 32 feature bits.
+            (Transport::Rproc, false) => 0,
+            (Transport::Rproc, true) => {
+                return Err(RpmsgError::Config(
+                    "packed rings need the ZHVQ transport (remoteproc makes split rings)".into(),
+                ))
+            }
+        };
         let dev = GuestDevice::create(&GuestConfig {
             ram: cfg.ram.clone(),
             ram_size: cfg.ram_size,
             control: cfg.control.clone(),
             control_size: cfg.control_size,
             device_id: VIRTIO_ID_RPMSG,
-            features: cfg.bus.features
-                | VIRTIO_F_VERSION_1
-                | VIRTIO_F_EVENT_IDX
-                | if cfg.packed { VIRTIO_F_RING_PACKED } else { 0 },
+            features: cfg.bus.features | VIRTIO_F_EVENT_IDX | features,
             required: VIRTIO_F_EVENT_IDX,
             queue_pairs: 1,
             queue_size: cfg.queue_size,
+            transport: cfg.transport,
         })?;
         Ok(GuestLink {
             bus: None,
@@ -285,25 +304,30 @@ mod tests {
         rx_bufs: HashMap<u16, u64>,
         ram: Region,
         ctl: Region,
+        /// The registers are a remoteproc resource table (`rings::rproc`).
+        rproc: bool,
         _w: (ShmWindow, ShmWindow),
     }
 
     impl Guest {
         /// zh_virtio's probe (a reset), virtio_rpmsg_bus' probe (a receive buffer per
-        /// entry), then DRIVER_OK, accepting packed rings if `packed`.
+        /// entry), then DRIVER_OK, accepting packed rings if `packed`. Over a resource
+        /// table (`cfg.transport`), what remoteproc's attach writes instead: the vring
+        /// addresses, gfeatures (legacy virtio, no VERSION_1), the status byte.
         fn boot(cfg: &GuestLinkConfig, reset_seq: u32, packed: bool) -> Guest {
             let ram_w = ShmWindow::open(&cfg.ram, &OpenOptions::new()).unwrap();
             let ctl_w = ShmWindow::open(&cfg.control, &OpenOptions::new()).unwrap();
             let (ram, ctl) = (ram_w.region().clone(), ctl_w.region().clone());
-            assert_eq!(
-                ctl.load_u32(0, Ordering::Acquire).unwrap(),
+            let rproc = cfg.transport == Transport::Rproc;
+            let magic = if rproc {
+                rings::rproc::MAGIC
+            } else {
                 rings::zhvq::MAGIC
-            );
-            ctl.store_u32(off::RESET_SEQ, reset_seq, Ordering::Release)
-                .unwrap();
+            };
+            assert_eq!(ctl.load_u32(0, Ordering::Acquire).unwrap(), magic);
             let f = VIRTIO_F_EVENT_IDX
-                | VIRTIO_F_VERSION_1
                 | 1
+                | if rproc { 0 } else { VIRTIO_F_VERSION_1 }
                 | if packed { VIRTIO_F_RING_PACKED } else { 0 };
             let n = cfg.queue_size;
             let (mut rx, rx_regs) = Drv::open(&ram, RX_RING, n, f);
@@ -314,23 +338,39 @@ mod tests {
                 rx_bufs.insert(rx.add(BufDesc::writable(at, 512)), at);
             }
             rx.publish();
-            ctl.store_u64(off::DRIVER_FEATURES, f, Ordering::Relaxed)
-                .unwrap();
-            for (q, regs) in [rx_regs, tx_regs].into_iter().enumerate() {
-                let b = off::QUEUES + 32 * q;
-                for (i, r) in regs.into_iter().enumerate() {
-                    ctl.store_u64(b + 8 * i, r, Ordering::Relaxed).unwrap();
+            if rproc {
+                use rings::rproc::off;
+                for (q, regs) in [rx_regs, tx_regs].into_iter().enumerate() {
+                    let da = u32::try_from(regs[0]).unwrap();
+                    ctl.store_u32(off::VRING + off::VRING_SIZE * q, da, Ordering::Relaxed)
+                        .unwrap();
                 }
-                ctl.store_u32(b + 24, n.into(), Ordering::Relaxed).unwrap();
-                ctl.store_u32(b + 28, 1, Ordering::Release).unwrap();
+                ctl.store_u32(off::GFEATURES, f as u32, Ordering::Relaxed)
+                    .unwrap();
+                ctl.store_u32(off::STATUS, (2 << 8) | 0xf, Ordering::Release)
+                    .unwrap();
+            } else {
+                ctl.store_u32(off::RESET_SEQ, reset_seq, Ordering::Release)
+                    .unwrap();
+                ctl.store_u64(off::DRIVER_FEATURES, f, Ordering::Relaxed)
+                    .unwrap();
+                for (q, regs) in [rx_regs, tx_regs].into_iter().enumerate() {
+                    let b = off::QUEUES + 32 * q;
+                    for (i, r) in regs.into_iter().enumerate() {
+                        ctl.store_u64(b + 8 * i, r, Ordering::Relaxed).unwrap();
+                    }
+                    ctl.store_u32(b + 24, n.into(), Ordering::Relaxed).unwrap();
+                    ctl.store_u32(b + 28, 1, Ordering::Release).unwrap();
+                }
+                ctl.store_u32(off::STATUS, 0xf, Ordering::Release).unwrap();
             }
-            ctl.store_u32(off::STATUS, 0xf, Ordering::Release).unwrap();
             Guest {
                 rx,
                 tx,
                 rx_bufs,
                 ram,
                 ctl,
+                rproc,
                 _w: (ram_w, ctl_w),
             }
         }
@@ -360,21 +400,29 @@ mod tests {
             id
         }
 
-        /// zh_virtio's reset: bump the sequence, status 0, wait for the ack.
+        /// zh_virtio's reset (bump the sequence, status 0), or zh_rproc's stop op
+        /// after remoteproc's vdev reset (status 0, bump the sequence); then the ack.
         fn reset(&self, seq: u32, link: &mut GuestLink) -> GuestEvent {
-            self.ctl
-                .store_u32(off::RESET_SEQ, seq, Ordering::Release)
-                .unwrap();
-            self.ctl
-                .store_u32(off::STATUS, 0, Ordering::Release)
-                .unwrap();
-            let ev = link.poll_control().unwrap();
-            assert_eq!(
+            let ack = if self.rproc {
+                use rings::rproc::off;
                 self.ctl
-                    .load_u32(off::RESET_ACK, Ordering::Acquire)
-                    .unwrap(),
-                seq
-            );
+                    .store_u32(off::STATUS, 2 << 8, Ordering::Relaxed)
+                    .unwrap();
+                self.ctl
+                    .store_u32(off::RESET_SEQ, seq, Ordering::Release)
+                    .unwrap();
+                off::RESET_ACK
+            } else {
+                self.ctl
+                    .store_u32(off::RESET_SEQ, seq, Ordering::Release)
+                    .unwrap();
+                self.ctl
+                    .store_u32(off::STATUS, 0, Ordering::Release)
+                    .unwrap();
+                off::RESET_ACK
+            };
+            let ev = link.poll_control().unwrap();
+            assert_eq!(self.ctl.load_u32(ack, Ordering::Acquire).unwrap(), seq);
             ev
         }
     }
@@ -418,13 +466,25 @@ mod tests {
         cfg
     }
 
-    fn announcements_and_echoes(packed: bool) {
-        let cfg = test_cfg(if packed { "packed" } else { "split" }, packed);
+    fn announcements_and_echoes(packed: bool, transport: Transport) {
+        let mut cfg = test_cfg(
+            match (packed, transport) {
+                (_, Transport::Rproc) => "rproc",
+                (true, _) => "packed",
+                (false, _) => "split",
+            },
+            packed,
+        );
+        cfg.transport = transport;
         let mut link = GuestLink::create(&cfg).unwrap();
         assert!(link.bus().is_none());
         let want = VIRTIO_F_EVENT_IDX
-            | VIRTIO_F_VERSION_1
             | 1
+            | if transport == Transport::Rproc {
+                0
+            } else {
+                VIRTIO_F_VERSION_1
+            }
             | if packed { VIRTIO_F_RING_PACKED } else { 0 };
 
         for round in 1..=2u32 {
@@ -487,12 +547,17 @@ mod tests {
 
     #[test]
     fn a_guest_driver_sees_announcements_and_echoes_split() {
-        announcements_and_echoes(false);
+        announcements_and_echoes(false, Transport::Zhvq);
     }
 
     #[test]
     fn a_guest_driver_sees_announcements_and_echoes_packed() {
-        announcements_and_echoes(true);
+        announcements_and_echoes(true, Transport::Zhvq);
+    }
+
+    #[test]
+    fn a_guest_driver_sees_announcements_and_echoes_over_a_resource_table() {
+        announcements_and_echoes(false, Transport::Rproc);
     }
 
     #[test]
@@ -549,9 +614,15 @@ mod tests {
     }
 
     #[test]
-    fn only_512_byte_buffers() {
+    fn only_512_byte_buffers_and_split_rings_over_remoteproc() {
         let mut cfg = GuestLinkConfig::new("/dev/shm/unused-ram", 1 << 20, "/dev/shm/unused-ctl");
         cfg.bus.tx_buf_size = 1024;
+        assert!(matches!(
+            GuestLink::create(&cfg),
+            Err(RpmsgError::Config(_))
+        ));
+        let mut cfg = GuestLinkConfig::new("/dev/shm/unused-ram", 1 << 20, "/dev/shm/unused-ctl");
+        (cfg.transport, cfg.packed) = (Transport::Rproc, true);
         assert!(matches!(
             GuestLink::create(&cfg),
             Err(RpmsgError::Config(_))

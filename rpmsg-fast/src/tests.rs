@@ -639,9 +639,18 @@ announce = true
     assert_eq!(g.config.control_size, 4096);
     assert_eq!(g.config.bus.rx_queue_depth, 64);
     assert_eq!(c.endpoints[0].link, "vm0");
+    assert_eq!(g.config.transport, crate::guest::Transport::Zhvq);
 
     let base = "[[guest]]\nname = \"vm0\"\nram = \"r\"\nram_mib = 256\ncontrol = \"c\"\n";
+    let c = Config::parse(&format!("{base}transport = \"rproc\"\n")).unwrap();
+    assert_eq!(c.guests[0].config.transport, crate::guest::Transport::Rproc);
     let cases = [
+        (format!("{base}transport = \"mmio\"\n"), 6, "not \"zhvq\""),
+        (
+            format!("{base}packed = true\ntransport = \"rproc\"\n"),
+            7,
+            "split rings",
+        ),
         (format!("{base}queue_size = 100\n"), 6, "power of two"),
         (format!("{base}control_size = 1000\n"), 6, "control_size"),
         (base.replace("256", "0"), 4, "ram_mib 0"),

@@ -1,6 +1,8 @@
 //! `zerohop rpmsg-guest`: the RPMsg remote of a Linux guest's own `virtio_rpmsg_bus`
-//! (rpmsg-fast's `GuestLink`): creates the guest's RAM file and the ZHVQ control file,
-//! waits for the guest's `zh_virtio` driver, then announces each `--service` through
+//! (rpmsg-fast's `GuestLink`): creates the guest's RAM file and the control file (the
+//! ZHVQ block, or with `--transport rproc` a remoteproc resource table), waits for the
+//! guest's `zh_virtio` driver (or for remoteproc to attach through `zh_rproc`), then
+//! announces each `--service` through
 //! the name service and echoes every message back to its sender, from the service's
 //! endpoint. A guest reset (its driver unloaded) drops the bus; the next DRIVER_OK
 //! brings it back and the services are announced again.
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use pmd::guest::GuestEvent;
-use rpmsg_fast::guest::{GuestLink, GuestLinkConfig};
+use rpmsg_fast::guest::{GuestLink, GuestLinkConfig, Transport};
 use rpmsg_fast::{Addr, EndpointId, NsAction, RpmsgError};
 use serde::Serialize;
 use std::sync::mpsc;
@@ -56,6 +58,11 @@ pub struct RpmsgGuestArgs {
     /// packed as well (VIRTIO_F_RING_PACKED; the guest's virtio core decides).
     #[arg(long, value_enum, default_value = "split")]
     ring: GuestRing,
+    /// Register block in the control file: zhvq (the guest's zh_virtio), or rproc, a
+    /// remoteproc resource table Linux's remoteproc core attaches to (zh_rproc; split
+    /// rings only).
+    #[arg(long, value_enum, default_value = "zhvq")]
+    transport: GuestTransport,
     /// A service to announce, with an echo endpoint behind it (repeatable).
     #[arg(long = "service", default_values_t = ["rpmsg-client-sample".to_string(), "rpmsg-raw".to_string()])]
     services: Vec<String>,
@@ -78,6 +85,17 @@ enum GuestRing {
     Split,
     /// Offer packed virtqueues too.
     Packed,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum GuestTransport {
+    /// The ZHVQ block (zh_virtio).
+    #[default]
+    Zhvq,
+    /// A remoteproc resource table (zh_rproc + remoteproc).
+    Rproc,
 }
 
 /// One announced service's counters.
@@ -108,6 +126,7 @@ struct GuestService {
 #[derive(Serialize, Debug, Default)]
 struct Report {
     duration_s: f64,
+    transport: GuestTransport,
     /// Times the guest's driver came up (DRIVER_OK) / reset.
     ups: u64,
     resets: u64,
@@ -150,6 +169,10 @@ pub fn run(a: &RpmsgGuestArgs) -> ExitCode {
     cfg.control_size = a.control_size;
     cfg.queue_size = a.queue_size;
     cfg.packed = a.ring == GuestRing::Packed;
+    cfg.transport = match a.transport {
+        GuestTransport::Zhvq => Transport::Zhvq,
+        GuestTransport::Rproc => Transport::Rproc,
+    };
     // Every message the guest sends holds one of its `queue_size` transmit buffers
     // until we release it: a queue that deep never drops an echo.
     cfg.bus.rx_queue_depth = usize::from(a.queue_size);
@@ -183,14 +206,19 @@ pub fn run(a: &RpmsgGuestArgs) -> ExitCode {
 fn serve(a: &RpmsgGuestArgs, mut link: GuestLink) -> Result<Report, RpmsgError> {
     crate::stop::install();
     eprintln!(
-        "zerohop rpmsg-guest: ready: guest RAM {} ({} MiB), control {}; waiting for the guest's zh_virtio driver",
+        "zerohop rpmsg-guest: ready: guest RAM {} ({} MiB), control {}; waiting for the guest's {}",
         a.ram.display(),
         a.ram_mib,
-        a.control.display()
+        a.control.display(),
+        match a.transport {
+            GuestTransport::Zhvq => "zh_virtio driver",
+            GuestTransport::Rproc => "remoteproc to attach (zh_rproc)",
+        }
     );
     let start = Instant::now();
     let end = (a.duration > 0.0).then(|| start + Duration::from_secs_f64(a.duration));
     let mut r = Report {
+        transport: a.transport,
         services: a
             .services
             .iter()
@@ -384,8 +412,8 @@ fn announce(link: &mut GuestLink, r: &mut Report) -> Result<Vec<EndpointId>, Rpm
 
 fn print_human(r: &Report) {
     println!(
-        "rpmsg-guest: {:.1} s, guest up {} time(s), reset {} time(s), features {:#x} ({:?} rings)",
-        r.duration_s, r.ups, r.resets, r.features, r.ring
+        "rpmsg-guest: {:.1} s, {:?} transport, guest up {} time(s), reset {} time(s), features {:#x} ({:?} rings)",
+        r.duration_s, r.transport, r.ups, r.resets, r.features, r.ring
     );
     for s in &r.services {
         println!(

@@ -415,6 +415,11 @@ fn bad_option_values_and_stats_windows() {
         "--duration must be 0 or more seconds",
     );
     g(&["--ram-mib", "0"], "--ram-mib");
+    g(
+        &["--transport", "rproc", "--ring", "packed"],
+        "packed rings need the ZHVQ transport",
+    );
+    g(&["--transport", "mmio"], "--transport");
     write_mode(Path::new(&ram), &[7u8; 4096], 0o600);
     g(&[], "exists");
     assert_eq!(std::fs::read(&ram).expect("planted file"), vec![7u8; 4096]);

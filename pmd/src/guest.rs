@@ -39,7 +39,7 @@ use rings::features::VIRTIO_F_RING_PACKED;
 use rings::packed::{PackedDevice, PackedLayout};
 use rings::rproc::{Rproc, VdevInfo};
 use rings::split::SplitLayout;
-use rings::zhvq::{self, DeviceInfo, QueueRegs, Zhvq};
+use rings::zhvq::{self, DeviceInfo, GuestRegs, QueueRegs, Zhvq};
 use rings::{MemError, Region};
 
 use crate::queue::VirtioAreas;
@@ -164,7 +164,7 @@ pub enum GuestEvent {
 /// The device side of one guest's ZHVQ transport; see the [module docs](self).
 #[derive(Debug)]
 pub struct GuestDevice {
-    ctl: Regs,
+    ctl: Box<dyn GuestRegs<M = Region> + Send + Sync>,
     cfg: GuestConfig,
     /// The negotiated features while the guest driver is up.
     up: Option<u64>,
@@ -220,8 +220,8 @@ impl GuestDevice {
         let control = ShmWindow::create(&cfg.control, cfg.control_size)?;
         let ram = ShmWindow::create(&cfg.ram, cfg.ram_size)?;
         let mem = control.region().clone();
-        let ctl = match (cfg.transport, features32) {
-            (Transport::Rproc, Ok(features)) => Regs::Rproc(Rproc::create(
+        let ctl: Box<dyn GuestRegs<M = Region> + Send + Sync> = match (cfg.transport, features32) {
+            (Transport::Rproc, Ok(features)) => Box::new(Rproc::create(
                 mem,
                 VdevInfo {
                     device_id: cfg.device_id,
@@ -237,7 +237,7 @@ impl GuestDevice {
                     queue_size: u32::from(qs),
                     features: cfg.features,
                 })?;
-                Regs::Zhvq(z)
+                Box::new(z)
             }
         };
         Ok(GuestDevice {
@@ -429,64 +429,6 @@ impl GuestDevice {
             .region()
             .sub(start, layout.size())
             .map_err(|_| bad("ring beyond guest RAM", regs.desc))
-    }
-}
-
-/// The control file's register block: the calls [`GuestDevice`] makes, on either.
-#[derive(Debug)]
-enum Regs {
-    Zhvq(Zhvq<Region>),
-    Rproc(Rproc<Region>),
-}
-
-impl Regs {
-    fn beat(&self) -> Result<(), MemError> {
-        match self {
-            Regs::Zhvq(z) => z.beat(),
-            Regs::Rproc(r) => r.beat(),
-        }
-    }
-
-    fn pending_reset(&self) -> Result<Option<u32>, MemError> {
-        match self {
-            Regs::Zhvq(z) => z.pending_reset(),
-            Regs::Rproc(r) => r.pending_reset(),
-        }
-    }
-
-    fn ack_reset(&self, seq: u32) -> Result<(), MemError> {
-        match self {
-            Regs::Zhvq(z) => z.ack_reset(seq),
-            Regs::Rproc(r) => r.ack_reset(seq),
-        }
-    }
-
-    fn status(&self) -> Result<u32, MemError> {
-        match self {
-            Regs::Zhvq(z) => z.status(),
-            Regs::Rproc(r) => r.status(),
-        }
-    }
-
-    fn driver_features(&self) -> Result<u64, MemError> {
-        match self {
-            Regs::Zhvq(z) => z.driver_features(),
-            Regs::Rproc(r) => r.driver_features(),
-        }
-    }
-
-    fn kicks(&self) -> Result<u32, MemError> {
-        match self {
-            Regs::Zhvq(z) => z.kicks(),
-            Regs::Rproc(r) => r.kicks(),
-        }
-    }
-
-    fn queue(&self, q: usize) -> Result<QueueRegs, MemError> {
-        match self {
-            Regs::Zhvq(z) => z.queue(q),
-            Regs::Rproc(r) => r.queue(q),
-        }
     }
 }
 

@@ -47,7 +47,7 @@
 
 use crate::mem::Mem;
 use crate::sync::Ordering;
-use crate::zhvq::QueueRegs;
+use crate::zhvq::{GuestRegs, Handshake, QueueRegs};
 use crate::MemError;
 
 /// `magic`: "ZHRT" as a little-endian u32.
@@ -163,6 +163,13 @@ struct RawVring {
     pa: u32,
 }
 
+const HANDSHAKE: Handshake = Handshake {
+    reset_seq: off::RESET_SEQ,
+    reset_ack: off::RESET_ACK,
+    heartbeat: off::HEARTBEAT,
+    kicks: off::KICKS,
+};
+
 /// Offset of the vdev entry's header in the table (`offset[0]`).
 const VDEV_ENTRY: usize = 24;
 
@@ -262,57 +269,43 @@ impl<M: Mem> Rproc<M> {
         }
         Ok(())
     }
+}
+
+impl<M: Mem + core::fmt::Debug> GuestRegs for Rproc<M> {
+    type M = M;
+
+    fn mem(&self) -> &M {
+        &self.mem
+    }
+
+    fn handshake(&self) -> &'static Handshake {
+        &HANDSHAKE
+    }
+
+    /// Rewrites the table as [`Rproc::create`] wrote it, whatever the guest scribbled
+    /// into it: the next attach must find vring `da` = [`FW_RSC_ADDR_ANY`] (Linux
+    /// refuses an address it did not choose).
+    fn before_ack(&self) -> Result<(), MemError> {
+        self.write_table()
+    }
 
     /// The guest's device status byte (Acquire: pairs with the order of Linux's
     /// stores before it, see the module docs).
-    pub fn status(&self) -> Result<u32, MemError> {
+    fn status(&self) -> Result<u32, MemError> {
         Ok(self.mem.load_u32(off::STATUS, Ordering::Acquire)? & 0xff)
     }
 
     /// The feature bits Linux accepted (`gfeatures`; read after [`status`](Self::status)).
-    pub fn driver_features(&self) -> Result<u64, MemError> {
+    fn driver_features(&self) -> Result<u64, MemError> {
         // Relaxed: ordered by the Acquire load of status before it.
         Ok(self.mem.load_u32(off::GFEATURES, Ordering::Relaxed)?.into())
-    }
-
-    /// A reset the device has not acknowledged yet: `Some(reset_seq)`.
-    pub fn pending_reset(&self) -> Result<Option<u32>, MemError> {
-        // Acquire: pairs with the guest's wmb() before its reset_seq store.
-        let seq = self.mem.load_u32(off::RESET_SEQ, Ordering::Acquire)?;
-        // Relaxed: our own field.
-        let ack = self.mem.load_u32(off::RESET_ACK, Ordering::Relaxed)?;
-        Ok((seq != ack).then_some(seq))
-    }
-
-    /// Rewrites the table as [`create`](Self::create) wrote it, then acknowledges
-    /// reset `seq`: the device no longer touches the vrings, and the next attach finds
-    /// a table Linux accepts (whatever the guest scribbled into it).
-    pub fn ack_reset(&self, seq: u32) -> Result<(), MemError> {
-        self.write_table()?;
-        // Release: every access to the vrings, and the table rewrite, happen-before
-        // the guest frees the vrings (its loop on reset_ack, then rmb()).
-        self.mem.store_u32(off::RESET_ACK, seq, Ordering::Release)
-    }
-
-    /// Bumps the heartbeat.
-    pub fn beat(&self) -> Result<(), MemError> {
-        // Relaxed: a liveness counter, nothing is published with it.
-        let v = self.mem.load_u32(off::HEARTBEAT, Ordering::Relaxed)?;
-        self.mem
-            .store_u32(off::HEARTBEAT, v.wrapping_add(1), Ordering::Relaxed)
-    }
-
-    /// Notifications the guest counted.
-    pub fn kicks(&self) -> Result<u32, MemError> {
-        // Relaxed: statistics.
-        self.mem.load_u32(off::KICKS, Ordering::Relaxed)
     }
 
     /// Vring `i` as queue registers (all zero for `i >= VRINGS`): `ready` once Linux
     /// wrote its address; the avail and used addresses follow from `da`, `num` and
     /// `align` as Linux's `vring_init` computes them (an `align` that is not a power
     /// of two gives used = 0, which no layout accepts).
-    pub fn queue(&self, i: usize) -> Result<QueueRegs, MemError> {
+    fn queue(&self, i: usize) -> Result<QueueRegs, MemError> {
         if i >= VRINGS {
             return Ok(QueueRegs::default());
         }

@@ -145,6 +145,92 @@ const _: () = {
 /// Bytes of one queue's registers.
 const QUEUE_REGS: usize = 32;
 
+/// What the device reads and writes in a register block a Linux guest's transport
+/// driver shares with it: [`Zhvq`] here, [`crate::rproc::Rproc`] (a remoteproc
+/// resource table). The guest's values come back unvalidated; the reset handshake
+/// and the counters are the same words in both.
+pub trait GuestRegs: core::fmt::Debug {
+    /// The block's memory.
+    type M: Mem;
+
+    /// The block's memory.
+    fn mem(&self) -> &Self::M;
+
+    /// Where the block keeps the handshake words.
+    fn handshake(&self) -> &'static Handshake;
+
+    /// The guest's virtio device status (Acquire: pairs with the guest's store of it,
+    /// made after what it publishes: features and queue registers).
+    fn status(&self) -> Result<u32, MemError>;
+
+    /// The feature bits the guest accepted (read after [`status`](Self::status)).
+    fn driver_features(&self) -> Result<u64, MemError>;
+
+    /// Queue `i`'s registers (all zero for a queue the block does not have).
+    fn queue(&self, i: usize) -> Result<QueueRegs, MemError>;
+
+    /// Called by [`ack_reset`](Self::ack_reset) before the acknowledgement: puts the
+    /// block's guest-written part back as the device first wrote it, where that
+    /// matters (a resource table).
+    fn before_ack(&self) -> Result<(), MemError> {
+        Ok(())
+    }
+
+    /// A reset the device has not acknowledged yet: `Some(reset_seq)`.
+    fn pending_reset(&self) -> Result<Option<u32>, MemError> {
+        let (m, h) = (self.mem(), self.handshake());
+        // Acquire: pairs with the guest's wmb() before its reset_seq store.
+        let seq = m.load_u32(h.reset_seq, Ordering::Acquire)?;
+        // Relaxed: our own field.
+        let ack = m.load_u32(h.reset_ack, Ordering::Relaxed)?;
+        Ok((seq != ack).then_some(seq))
+    }
+
+    /// Acknowledges reset `seq`: the device no longer touches the guest's rings.
+    fn ack_reset(&self, seq: u32) -> Result<(), MemError> {
+        self.before_ack()?;
+        // Release: every access to the rings (and before_ack's rewrite) happens-before
+        // the guest frees the rings (its loop on reset_ack, then a barrier).
+        self.mem()
+            .store_u32(self.handshake().reset_ack, seq, Ordering::Release)
+    }
+
+    /// Bumps the heartbeat.
+    fn beat(&self) -> Result<(), MemError> {
+        let (m, at) = (self.mem(), self.handshake().heartbeat);
+        // Relaxed: a liveness counter, nothing is published with it.
+        let v = m.load_u32(at, Ordering::Relaxed)?;
+        m.store_u32(at, v.wrapping_add(1), Ordering::Relaxed)
+    }
+
+    /// Notifications the guest counted.
+    fn kicks(&self) -> Result<u32, MemError> {
+        // Relaxed: statistics.
+        self.mem()
+            .load_u32(self.handshake().kicks, Ordering::Relaxed)
+    }
+}
+
+/// Where a block keeps the words of the reset handshake and the liveness counters.
+#[derive(Debug)]
+pub struct Handshake {
+    /// Guest: bumped by every reset.
+    pub reset_seq: usize,
+    /// Device: = `reset_seq` once it let go of the rings.
+    pub reset_ack: usize,
+    /// Device: bumped while it runs.
+    pub heartbeat: usize,
+    /// Guest: notifications it would have sent.
+    pub kicks: usize,
+}
+
+const HANDSHAKE: Handshake = Handshake {
+    reset_seq: off::RESET_SEQ,
+    reset_ack: off::RESET_ACK,
+    heartbeat: off::HEARTBEAT,
+    kicks: off::KICKS,
+};
+
 /// What the device offers ([`Zhvq::init`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -208,51 +294,33 @@ impl<M: Mem> Zhvq<M> {
         // fields above after it).
         m.store_u32(off::MAGIC, MAGIC, Ordering::Release)
     }
+}
+
+impl<M: Mem + core::fmt::Debug> GuestRegs for Zhvq<M> {
+    type M = M;
+
+    fn mem(&self) -> &M {
+        &self.mem
+    }
+
+    fn handshake(&self) -> &'static Handshake {
+        &HANDSHAKE
+    }
 
     /// The guest's device status (Acquire: pairs with the guest's `wmb(); status =`,
     /// so what the status publishes, features and queue registers, reads complete).
-    pub fn status(&self) -> Result<u32, MemError> {
+    fn status(&self) -> Result<u32, MemError> {
         self.mem.load_u32(off::STATUS, Ordering::Acquire)
     }
 
     /// The feature bits the guest accepted (read after [`status`](Self::status)).
-    pub fn driver_features(&self) -> Result<u64, MemError> {
+    fn driver_features(&self) -> Result<u64, MemError> {
         // Relaxed: ordered by the Acquire load of status before it.
         self.mem.load_u64(off::DRIVER_FEATURES, Ordering::Relaxed)
     }
 
-    /// A reset the device has not acknowledged yet: `Some(reset_seq)`.
-    pub fn pending_reset(&self) -> Result<Option<u32>, MemError> {
-        // Acquire: pairs with the guest's wmb() after its reset_seq store.
-        let seq = self.mem.load_u32(off::RESET_SEQ, Ordering::Acquire)?;
-        // Relaxed: our own field.
-        let ack = self.mem.load_u32(off::RESET_ACK, Ordering::Relaxed)?;
-        Ok((seq != ack).then_some(seq))
-    }
-
-    /// Acknowledges reset `seq`: the device no longer touches the guest's rings.
-    pub fn ack_reset(&self, seq: u32) -> Result<(), MemError> {
-        // Release: every access to the rings before it happens-before the guest frees
-        // them (its loop on reset_ack, then rmb()).
-        self.mem.store_u32(off::RESET_ACK, seq, Ordering::Release)
-    }
-
-    /// Bumps the heartbeat.
-    pub fn beat(&self) -> Result<(), MemError> {
-        // Relaxed: a liveness counter, nothing is published with it.
-        let v = self.mem.load_u32(off::HEARTBEAT, Ordering::Relaxed)?;
-        self.mem
-            .store_u32(off::HEARTBEAT, v.wrapping_add(1), Ordering::Relaxed)
-    }
-
-    /// Notifications the guest counted.
-    pub fn kicks(&self) -> Result<u32, MemError> {
-        // Relaxed: statistics.
-        self.mem.load_u32(off::KICKS, Ordering::Relaxed)
-    }
-
     /// Queue `i`'s registers (all zero for `i >= MAX_QUEUES`).
-    pub fn queue(&self, i: usize) -> Result<QueueRegs, MemError> {
+    fn queue(&self, i: usize) -> Result<QueueRegs, MemError> {
         if i >= MAX_QUEUES {
             return Ok(QueueRegs::default());
         }

@@ -563,14 +563,26 @@ mod tests {
     #[test]
     fn a_guest_scribbling_over_its_rings_breaks_only_its_own_link() {
         // Packed offered; the guest takes packed rings in even rounds, split in odd ones.
-        let cfg = test_cfg("hostile", true);
+        scribbling_guest(test_cfg("hostile", true));
+    }
+
+    #[test]
+    fn a_guest_scribbling_over_its_remoteproc_rings_breaks_only_its_own_link() {
+        let mut cfg = test_cfg("hostile-rproc", false);
+        cfg.transport = Transport::Rproc;
+        scribbling_guest(cfg);
+    }
+
+    /// 20 rounds of a guest writing garbage over its rings and a transmit buffer's
+    /// header while the device polls and sends; each ends with the guest's reset.
+    fn scribbling_guest(cfg: GuestLinkConfig) {
         let mut link = GuestLink::create(&cfg).unwrap();
         let l = SplitLayout::new(cfg.queue_size).unwrap();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut violations = 0;
         for round in 1..=20u32 {
-            let (mut g, ep, addr) =
-                boot_with_endpoint(&mut link, &cfg, 2 * round - 1, round % 2 == 0);
+            let packed = cfg.packed && round % 2 == 0;
+            let (mut g, ep, addr) = boot_with_endpoint(&mut link, &cfg, 2 * round - 1, packed);
             g.send(0, 0x400, addr, b"ok");
             // Then garbage over both rings (descriptors, indices, used entries) and a
             // transmit buffer's header, while the device polls and sends.

@@ -14,7 +14,8 @@
 //! - [`spsc`]: a local single-producer single-consumer ring for lcore-to-lcore handoff.
 //! - [`pool`]: a fixed-size buffer pool over a region, buffers addressed by offset.
 //! - [`zhvq`]: the ZHVQ block, a virtio transport in shared memory for a Linux
-//!   guest's own virtio drivers.
+//!   guest's own virtio drivers, and [`zhvq::GuestRegs`], what a device reads and
+//!   writes in any such block.
 //! - [`rproc`]: the ZHRT block, a remoteproc resource table in shared memory that
 //!   Linux's remoteproc core attaches to.
 //!

@@ -327,7 +327,9 @@ impl GuestDevice {
     /// the guest's rings is left: the guest frees them after this.
     pub fn ack_reset(&mut self) -> Result<(), GuestError> {
         if let Some(seq) = self.reset.take() {
-            self.ctl.ack_reset(seq)?;
+            // The guest may have reset again meanwhile: acknowledge the latest.
+            let latest = self.ctl.pending_reset()?.unwrap_or(seq);
+            self.ctl.ack_reset(latest)?;
         }
         Ok(())
     }
@@ -724,6 +726,66 @@ mod tests {
         assert!(matches!(d.poll().unwrap(), GuestEvent::Up { .. }));
         drop(d);
         assert!(!c.ram.exists() && !c.control.exists());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// A guest that sets the device up properly, then overwrites up to 24 words
+        /// of the block with anything (ZHVQ or resource table): every poll returns,
+        /// rings come back only inside guest RAM, and a reset always brings the
+        /// device back to a clean Idle.
+        #[test]
+        fn any_block_contents_give_errors_or_rings_inside_ram(
+            rproc in proptest::prelude::any::<bool>(),
+            words in proptest::collection::vec(
+                (0usize..80, proptest::prelude::any::<u32>()), 0..24),
+        ) {
+            use std::sync::atomic::{AtomicU32, Ordering as O};
+            static CASE: AtomicU32 = AtomicU32::new(0);
+            // Relaxed: only makes the file names unique.
+            let n = CASE.fetch_add(1, O::Relaxed);
+            let mut c = cfg(&format!("prop{n}"));
+            if rproc {
+                (c.transport, c.features) = (Transport::Rproc, (1 << 29) | 1);
+            }
+            let mut d = GuestDevice::create(&c).unwrap();
+            let w = ShmWindow::open(&c.control, &crate::window::OpenOptions::new()).unwrap();
+            let ctl = w.region().clone();
+            let block = if rproc { rings::rproc::BLOCK_SIZE } else { zhvq::BLOCK_SIZE };
+            if rproc {
+                rproc_attach(&ctl, 1 << 29, [0x1000, 0x2000]);
+            } else {
+                guest_up(&ctl, (1 << 29) | 1, &[0x1000, 0x2000]);
+            }
+            for (i, v) in words {
+                let at = (4 * i) % block;
+                ctl.store_u32(at, v, Ordering::Relaxed).unwrap();
+            }
+            for _ in 0..3 {
+                if let Ok(GuestEvent::Up { .. }) = d.poll() {
+                    if let Ok(GuestRings::Split(a)) = d.rings(0) {
+                        for r in [&a.rx_ring, &a.tx_ring] {
+                            let end = r.addr() + r.len();
+                            proptest::prop_assert!(end <= a.data.addr() + a.data.len());
+                            proptest::prop_assert!(r.addr() >= a.data.addr());
+                        }
+                    }
+                }
+            }
+            // The guest resets: the device lets go and is Idle (or reports the reset
+            // of an Up it had), then acknowledges.
+            let seq_at = if rproc { rings::rproc::off::RESET_SEQ } else { off::RESET_SEQ };
+            let seq = ctl.load_u32(seq_at, Ordering::Relaxed).unwrap().wrapping_add(1);
+            let ack_at = if rproc { rings::rproc::off::RESET_ACK } else { off::RESET_ACK };
+            ctl.store_u32(ack_at, seq.wrapping_sub(1), Ordering::Relaxed).unwrap();
+            ctl.store_u32(seq_at, seq, Ordering::Release).unwrap();
+            let ev = d.poll().unwrap();
+            proptest::prop_assert!(ev == GuestEvent::Idle || ev == GuestEvent::Reset);
+            d.ack_reset().unwrap();
+            proptest::prop_assert_eq!(ctl.load_u32(ack_at, Ordering::Acquire).unwrap(), seq);
+            drop(d);
+            proptest::prop_assert!(!c.ram.exists() && !c.control.exists());
+        }
     }
 
     #[test]

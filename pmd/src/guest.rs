@@ -161,7 +161,8 @@ pub enum GuestEvent {
     Reset,
 }
 
-/// The device side of one guest's ZHVQ transport; see the [module docs](self).
+/// The device side of one guest's transport (ZHVQ block or resource table); see the
+/// [module docs](self).
 #[derive(Debug)]
 pub struct GuestDevice {
     ctl: Box<dyn GuestRegs<M = Region> + Send + Sync>,
@@ -205,23 +206,27 @@ impl GuestDevice {
         if cfg.required & !cfg.features != 0 {
             return Err(config("required features not offered", cfg.required));
         }
-        let features32 = u32::try_from(cfg.features);
-        if cfg.transport == Transport::Rproc {
-            if cfg.queue_pairs != 1 {
-                return Err(config(
-                    "a remoteproc vdev has one queue pair",
-                    cfg.queue_pairs.into(),
-                ));
+        // A remoteproc vdev: one queue pair, 32 feature bits.
+        let rproc_features = match cfg.transport {
+            Transport::Zhvq => None,
+            Transport::Rproc => {
+                if cfg.queue_pairs != 1 {
+                    return Err(config(
+                        "a remoteproc vdev has one queue pair",
+                        cfg.queue_pairs.into(),
+                    ));
+                }
+                Some(
+                    u32::try_from(cfg.features)
+                        .map_err(|_| config("remoteproc carries 32 feature bits", cfg.features))?,
+                )
             }
-            if features32.is_err() {
-                return Err(config("remoteproc carries 32 feature bits", cfg.features));
-            }
-        }
+        };
         let control = ShmWindow::create(&cfg.control, cfg.control_size)?;
         let ram = ShmWindow::create(&cfg.ram, cfg.ram_size)?;
         let mem = control.region().clone();
-        let ctl: Box<dyn GuestRegs<M = Region> + Send + Sync> = match (cfg.transport, features32) {
-            (Transport::Rproc, Ok(features)) => Box::new(Rproc::create(
+        let ctl: Box<dyn GuestRegs<M = Region> + Send + Sync> = match rproc_features {
+            Some(features) => Box::new(Rproc::create(
                 mem,
                 VdevInfo {
                     device_id: cfg.device_id,
@@ -229,7 +234,7 @@ impl GuestDevice {
                     queue_size: u32::from(qs),
                 },
             )?),
-            _ => {
+            None => {
                 let z = Zhvq::new(mem)?;
                 z.init(&DeviceInfo {
                     device_id: cfg.device_id,

@@ -148,8 +148,8 @@ pub struct EndpointStats {
     pub tx: u64,
 }
 
-/// Bus counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Bus counters (serialised as they are named, e.g. in `zerohop rpmsg-guest --json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BusStats {
     /// Messages taken from the ring.
     pub rx: u64,
@@ -323,6 +323,15 @@ fn name_bytes(name: &str) -> Result<([u8; NAME_SIZE], usize), RpmsgError> {
     Ok((b, n.len()))
 }
 
+/// How long a blocking send may wait: until an instant, or for a duration counted
+/// from the first time no buffer is free (so a send that succeeds at once reads no
+/// clock).
+#[derive(Clone, Copy)]
+enum Until {
+    At(Instant),
+    After(Duration),
+}
+
 impl<Q: QueuePair> Rpmsg<Q> {
     /// A bus over `q`. Buffer sizes must be at least 17 bytes (a header and one
     /// payload byte) and at most 65535 + 16 (the header's `len` is a `u16`).
@@ -436,8 +445,8 @@ impl<Q: QueuePair> Rpmsg<Q> {
         Ok(())
     }
 
-    /// Frees the ring buffers released since the last poll (one batch). [`poll`](Self::poll)
-    /// (Self::poll) does this first, so a busy-poll loop never needs it; call it
+    /// Frees the ring buffers released since the last poll (one batch).
+    /// [`poll`](Self::poll) does this first, so a busy-poll loop never needs it; call it
     /// when you stop polling but keep the link.
     pub fn flush(&mut self) -> Result<(), RpmsgError> {
         if !self.pending_free.is_empty() {
@@ -662,8 +671,7 @@ impl<Q: QueuePair> Rpmsg<Q> {
         let name = core::str::from_utf8(e.name()).map_err(|_| WireError::BadName { len: 0 })?;
         let m = NsMsg::new(name, e.addr, action)?.to_bytes();
         let addr = e.addr;
-        let deadline = Instant::now() + self.cfg.send_timeout;
-        self.send_raw_deadline(addr, NS_ADDR, &m, deadline)
+        self.send_raw_deadline(addr, NS_ADDR, &m, Until::After(self.cfg.send_timeout))
     }
 
     /// Destroys the endpoint: withdraws its announcement (if the name service is on
@@ -1061,12 +1069,22 @@ impl<Q: QueuePair> Rpmsg<Q> {
         src: u32,
         dst: u32,
         data: &[u8],
-        deadline: Instant,
+        mut until: Until,
     ) -> Result<(), RpmsgError> {
         loop {
             match self.send_raw(src, dst, data) {
                 Err(RpmsgError::WouldBlock) => {
-                    if Instant::now() >= deadline {
+                    let now = Instant::now();
+                    // The clock is read only once no buffer is free: a read (~20 ns
+                    // of vDSO) on every send is on the critical path of a reply.
+                    let deadline = match until {
+                        Until::At(t) => t,
+                        Until::After(d) => {
+                            until = Until::At(now + d);
+                            now + d
+                        }
+                    };
+                    if now >= deadline {
                         return Err(RpmsgError::Timeout);
                     }
                     // Keep receiving meanwhile: our frees are what lets the peer
@@ -1096,24 +1114,23 @@ impl<Q: QueuePair> Rpmsg<Q> {
         data: &[u8],
         deadline: Instant,
     ) -> Result<(), RpmsgError> {
-        let src = self.ep(ep)?.addr;
-        self.send_raw_deadline(src, dst, data, deadline)?;
-        self.eps[ep.slot as usize].stats.tx += 1;
-        Ok(())
+        self.send_until(ep, dst, data, Until::At(deadline))
     }
 
     /// Sends, waiting up to the send timeout (like Linux `rpmsg_send`).
     pub fn send(&mut self, ep: EndpointId, dst: u32, data: &[u8]) -> Result<(), RpmsgError> {
+        self.send_until(ep, dst, data, Until::After(self.cfg.send_timeout))
+    }
+
+    fn send_until(
+        &mut self,
+        ep: EndpointId,
+        dst: u32,
+        data: &[u8],
+        until: Until,
+    ) -> Result<(), RpmsgError> {
         let src = self.ep(ep)?.addr;
-        // The clock is read only when no buffer is free: a read (~20 ns of vDSO) on
-        // every send is on the critical path of a reply.
-        match self.send_raw(src, dst, data) {
-            Err(RpmsgError::WouldBlock) => {
-                let deadline = Instant::now() + self.cfg.send_timeout;
-                self.send_raw_deadline(src, dst, data, deadline)?;
-            }
-            r => r?,
-        }
+        self.send_raw_deadline(src, dst, data, until)?;
         self.eps[ep.slot as usize].stats.tx += 1;
         Ok(())
     }

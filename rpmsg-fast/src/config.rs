@@ -40,7 +40,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::bus::Addr;
+use crate::bus::{Addr, BusConfig};
 use crate::guest::{GuestLinkConfig, Transport};
 use crate::link::{LinkConfig, RingMode, Role};
 use crate::wire::{ADDR_ANY, NAME_SIZE, NS_ADDR, VIRTIO_RPMSG_F_NS};
@@ -178,6 +178,28 @@ impl Src<'_> {
     }
 }
 
+/// The bus keys a link and a guest share: `rx_queue_depth`, `name_service`.
+fn bus_options(
+    src: &Src<'_>,
+    rx_queue_depth: &Option<Spanned<usize>>,
+    name_service: Option<bool>,
+    bus: &mut BusConfig,
+) -> Result<(), ConfigError> {
+    if let Some(v) = rx_queue_depth {
+        if *v.get_ref() == 0 || *v.get_ref() > u16::MAX as usize {
+            return Err(src.err(
+                v.span(),
+                format!("rx_queue_depth {} outside 1..=65535", v.get_ref()),
+            ));
+        }
+        bus.rx_queue_depth = *v.get_ref();
+    }
+    if name_service == Some(false) {
+        bus.features &= !(1 << VIRTIO_RPMSG_F_NS);
+    }
+    Ok(())
+}
+
 fn check_name(src: &Src<'_>, n: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
     let s = n.get_ref();
     if s.is_empty() || s.len() >= NAME_SIZE || s.contains('\0') {
@@ -240,18 +262,7 @@ impl Config {
                 }
                 c.slot_size = *v.get_ref();
             }
-            if let Some(v) = &r.rx_queue_depth {
-                if *v.get_ref() == 0 || *v.get_ref() > u16::MAX as usize {
-                    return Err(src.err(
-                        v.span(),
-                        format!("rx_queue_depth {} outside 1..=65535", v.get_ref()),
-                    ));
-                }
-                c.bus.rx_queue_depth = *v.get_ref();
-            }
-            if r.name_service == Some(false) {
-                c.bus.features &= !(1 << VIRTIO_RPMSG_F_NS);
-            }
+            bus_options(&src, &r.rx_queue_depth, r.name_service, &mut c.bus)?;
             out.links.push(LinkEntry {
                 name: r.name.get_ref().clone(),
                 config: c,
@@ -315,18 +326,7 @@ impl Config {
             // Every message the guest sends holds one of its transmit buffers until it
             // is released: a queue this deep never drops.
             c.bus.rx_queue_depth = usize::from(c.queue_size);
-            if let Some(v) = &r.rx_queue_depth {
-                if *v.get_ref() == 0 || *v.get_ref() > u16::MAX as usize {
-                    return Err(src.err(
-                        v.span(),
-                        format!("rx_queue_depth {} outside 1..=65535", v.get_ref()),
-                    ));
-                }
-                c.bus.rx_queue_depth = *v.get_ref();
-            }
-            if r.name_service == Some(false) {
-                c.bus.features &= !(1 << VIRTIO_RPMSG_F_NS);
-            }
+            bus_options(&src, &r.rx_queue_depth, r.name_service, &mut c.bus)?;
             out.guests.push(GuestEntry {
                 name: r.name.get_ref().clone(),
                 config: c,
